@@ -1,0 +1,35 @@
+# onramp: one-command set-up, run and test. See README.md.
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+RUN_ARGS ?=
+
+.PHONY: setup run test test-all lint bench clean
+
+setup: $(STAMP)
+
+$(STAMP): setup.cfg pyproject.toml
+	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "error: $(PYTHON) not found. onramp needs Python 3.11 (dm-reverb 0.14.0 ships no wheels for other versions); pass PYTHON=/path/to/python3.11" >&2; exit 1; }
+	@$(PYTHON) -c 'import sys; v = sys.version_info; sys.exit(0 if v[:2] == (3, 11) else "error: $(PYTHON) is Python %d.%d; onramp needs Python 3.11 (dm-reverb 0.14.0 ships no wheels for other versions); pass PYTHON=/path/to/python3.11" % v[:2])'
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# torch first, pinned, so nothing below pulls a different build.
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[dev]'
+	@touch $(STAMP)
+
+run: $(STAMP)
+	$(PY) -m launch.main --preset=quickstart $(RUN_ARGS)
+
+test: $(STAMP)
+	$(PY) -m pytest -m "not gpu" tests
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check actors learner replay models launch bench tests
+
+bench: $(STAMP)
+	$(PY) -m bench.learner
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache

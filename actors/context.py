@@ -1,0 +1,103 @@
+"""Per-environment rolling contexts and batched policy inference.
+
+Every environment of a batch keeps its last C steps (states, actions, returns-to-go,
+timesteps) as rows of one array, so one forward pass acts for all of them; no
+per-environment model calls. New steps enter on the right; a fresh episode is
+left-padded with mask 0, as in training. The return-to-go starts at the target
+return and is decremented by the rewards received.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from models import DecisionTransformer, SquashedGaussian
+
+
+class ContextBuffer:
+    def __init__(self, num_envs: int, context_len: int, obs_shape: Sequence[int], act_dim: int):
+        self.num_envs = num_envs
+        self.context_len = context_len
+        self.states = np.zeros((num_envs, context_len, *obs_shape), np.float32)
+        self.actions = np.zeros((num_envs, context_len, act_dim), np.float32)
+        self.returns_to_go = np.zeros((num_envs, context_len), np.float32)
+        self.timesteps = np.zeros((num_envs, context_len), np.int64)
+        self.mask = np.zeros((num_envs, context_len), np.float32)
+
+    def start(self, envs: np.ndarray, observations: np.ndarray, target_return: float) -> None:
+        """Begin new episodes for the envs selected by the boolean mask `envs`."""
+        for arr in (self.states, self.actions, self.returns_to_go, self.timesteps, self.mask):
+            arr[envs] = 0
+        self.states[envs, -1] = observations[envs]
+        self.returns_to_go[envs, -1] = target_return
+        self.mask[envs, -1] = 1.0
+
+    def advance(self, envs: np.ndarray, observations: np.ndarray, rewards: np.ndarray) -> None:
+        """Append the next step for the envs selected by `envs` (after a transition)."""
+        if not envs.any():
+            return
+        next_rtg = self.returns_to_go[:, -1] - rewards
+        next_t = self.timesteps[:, -1] + 1
+        every = envs.all()
+        for arr in (self.states, self.actions, self.returns_to_go, self.timesteps, self.mask):
+            if every:
+                arr[:, :-1] = arr[:, 1:]
+            else:
+                arr[envs, :-1] = arr[envs, 1:]
+        self.states[envs, -1] = observations[envs]
+        self.actions[envs, -1] = 0.0
+        self.returns_to_go[envs, -1] = next_rtg[envs]
+        self.timesteps[envs, -1] = next_t[envs]
+        self.mask[envs, -1] = 1.0
+
+    def record_actions(self, actions: np.ndarray) -> None:
+        """The actions just taken at the newest step of every env."""
+        self.actions[:, -1] = actions
+
+
+class BatchedPolicy:
+    """Acts for every env of a ContextBuffer with one forward pass.
+
+    mode 'mean': tanh(mu) / the deterministic action (evaluation).
+    mode 'sample': a sample of the Gaussian policy (ODT exploration).
+    mode 'noisy': the deterministic action plus N(0, noise_std^2), clipped to [-1, 1]
+    (TD3 exploration).
+    """
+
+    MODES = ("mean", "sample", "noisy")
+
+    def __init__(self, model: DecisionTransformer, mode: str = "mean", noise_std: float = 0.1,
+                 device: str | torch.device = "cpu", seed: int = 0):
+        if mode not in self.MODES:
+            raise ValueError(f"mode={mode!r} must be one of {self.MODES}")
+        self.model = model
+        self.mode = mode
+        self.noise_std = noise_std
+        self.device = torch.device(device)
+        self.rng = np.random.default_rng(seed)
+        self.generator = torch.Generator(device=self.device).manual_seed(seed)
+
+    @torch.no_grad()
+    def act(self, ctx: ContextBuffer) -> np.ndarray:
+        self.model.eval()
+        dev = self.device
+        out = self.model(
+            torch.from_numpy(ctx.states).to(dev),
+            torch.from_numpy(ctx.actions).to(dev),
+            torch.from_numpy(ctx.returns_to_go).to(dev),
+            torch.from_numpy(ctx.timesteps).to(dev),
+            torch.from_numpy(ctx.mask).to(dev),
+        )
+        if self.mode == "sample" and isinstance(out, SquashedGaussian):
+            mu, std = out.mu[:, -1], out.std[:, -1]
+            noise = torch.randn(mu.shape, generator=self.generator, device=dev)
+            action = torch.tanh(mu + std * noise)
+        else:
+            action = out.mode[:, -1]
+        action = action.float().cpu().numpy()
+        if self.mode == "noisy" or (self.mode == "sample" and not isinstance(out, SquashedGaussian)):
+            action = action + self.rng.normal(0.0, self.noise_std, size=action.shape)
+        return np.clip(action, -1.0, 1.0).astype(np.float32)

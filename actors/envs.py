@@ -1,0 +1,135 @@
+"""envpool environments as onramp uses them.
+
+- Observations come back as float32 (envpool gives float64 for MuJoCo).
+- The policy acts in [-1, 1]; `VectorEnv.step` rescales to the environment's box.
+- envpool auto-resets on the step *after* an episode ends: that step ignores the
+  action and returns reward 0 (reference/datasets.md §3.4). `VectorEnv` hides it:
+  it resets finished environments itself, so every `step` result is a real
+  transition, and it keeps terminated apart from truncated.
+
+D4RL-comparable ids: Hopper-v4, HalfCheetah-v4, Walker2d-v4, Ant-v3 (111-dim
+observation); v5 differs from D4RL.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from replay.windows import ActionBox
+
+D4RL_ENV_IDS = ("Hopper-v4", "HalfCheetah-v4", "Walker2d-v4", "Ant-v3")
+
+
+class EnvError(ValueError):
+    """An environment id envpool does not know, or an unsupported space."""
+
+
+@dataclass(frozen=True)
+class EnvSpec:
+    env_id: str
+    observation_shape: tuple[int, ...]
+    action_shape: tuple[int, ...]
+    action_low: np.ndarray
+    action_high: np.ndarray
+    max_episode_steps: int
+    envpool_version: str
+
+    @property
+    def state_dim(self) -> int:
+        return int(np.prod(self.observation_shape))
+
+    @property
+    def act_dim(self) -> int:
+        return int(np.prod(self.action_shape))
+
+    @property
+    def action_box(self) -> ActionBox:
+        return ActionBox.from_bounds(self.action_low, self.action_high)
+
+
+def _make(env_id: str, num_envs: int, seed: int):
+    import envpool
+
+    if env_id not in envpool.list_all_envs():
+        raise EnvError(f"env_id={env_id!r} is not an envpool task (see envpool.list_all_envs())")
+    return envpool.make_gymnasium(env_id, num_envs=num_envs, seed=seed)
+
+
+def env_spec(env_id: str) -> EnvSpec:
+    """Spaces and limits of `env_id`, read from a one-env envpool instance."""
+    import envpool
+
+    env = _make(env_id, 1, 0)
+    try:
+        obs, act = env.observation_space, env.action_space
+        if not hasattr(act, "low"):
+            raise EnvError(f"env_id={env_id!r} has action space {act}; onramp needs a Box")
+        return EnvSpec(
+            env_id=env_id,
+            observation_shape=tuple(obs.shape),
+            action_shape=tuple(act.shape),
+            action_low=np.asarray(act.low, np.float32),
+            action_high=np.asarray(act.high, np.float32),
+            max_episode_steps=int(env.spec.config.max_episode_steps),
+            envpool_version=envpool.__version__,
+        )
+    finally:
+        env.close()
+
+
+@dataclass
+class StepResult:
+    """What one `VectorEnv.step` gave each environment of the batch."""
+
+    observations: np.ndarray  # (N, *obs) float32
+    """After a transition, the next observation; after an auto-reset, the new episode's first."""
+    rewards: np.ndarray  # (N,) float32
+    terminated: np.ndarray  # (N,) bool
+    truncated: np.ndarray  # (N,) bool
+    is_reset: np.ndarray  # (N,) bool
+    """True where this entry was envpool's auto-reset: no transition, not a budget step."""
+
+    @property
+    def done(self) -> np.ndarray:
+        return self.terminated | self.truncated
+
+    @property
+    def is_transition(self) -> np.ndarray:
+        return ~self.is_reset
+
+
+class VectorEnv:
+    """A batch of `num_envs` envpool environments stepping in lockstep.
+
+    After an environment's episode ends, its next `step` is envpool's auto-reset:
+    the action is ignored and the result is flagged `is_reset`, carrying the new
+    episode's first observation.
+    """
+
+    def __init__(self, env_id: str, num_envs: int, seed: int):
+        self.spec = env_spec(env_id)
+        self.num_envs = num_envs
+        self._env = _make(env_id, num_envs, seed)
+        self._box = self.spec.action_box
+        self._ids = np.arange(num_envs, dtype=np.int32)
+        self._was_done = np.zeros(num_envs, bool)
+
+    def reset(self) -> np.ndarray:
+        obs, _ = self._env.reset()
+        self._was_done[:] = False
+        return np.asarray(obs, np.float32)
+
+    def step(self, actions: np.ndarray) -> StepResult:
+        """Step every env with `actions` in [-1, 1] (shape (N, *action_shape))."""
+        obs, rew, term, trunc, _ = self._env.step(self._box.to_env(actions), self._ids)
+        is_reset = self._was_done.copy()
+        term = np.asarray(term, bool) & ~is_reset
+        trunc = np.asarray(trunc, bool) & ~is_reset
+        self._was_done = term | trunc
+        rew = np.where(is_reset, 0.0, rew).astype(np.float32)
+        return StepResult(np.asarray(obs, np.float32), rew, term, trunc, is_reset)
+
+    def close(self) -> None:
+        self._env.close()

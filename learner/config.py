@@ -1,0 +1,92 @@
+"""Learner configuration: objective and optimisation. Plain frozen dataclasses."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from models import CriticConfig
+
+OBJECTIVES = ("odt", "odt_td3")
+
+
+@dataclass(frozen=True)
+class ObjectiveConfig:
+    kind: str = "odt"
+    """'odt' (max-entropy sequence NLL) or 'odt_td3' (supervised + TD3 critic gradient)."""
+
+    # ODT (Zheng et al. 2022, Sec. 4).
+    init_temperature: float = 0.1
+    """Initial entropy temperature lambda (ODT: 0.1)."""
+    temperature_lr: float = 1e-4
+    """Adam learning rate of log lambda (ODT: 1e-4)."""
+    target_entropy: float | None = None
+    """Entropy floor beta; None means -|A| (ODT)."""
+    mask_entropy: bool = True
+    """Average the entropy over real steps only. False reproduces ODT's reference code,
+    which also averages over left padding."""
+
+    # ODT+TD3 (Yan et al., NeurIPS 2024, "RL gradients as vitamin").
+    rl_coeff: float = 0.1
+    """alpha in actor loss = supervised + alpha * (-Q) (vitamin paper: 0.1)."""
+    critic_lr: float = 1e-3
+    """AdamW learning rate of the critic (vitamin paper, MuJoCo: 1e-3)."""
+    gamma: float = 0.99
+    tau: float = 0.005
+    """EMA rate of the target transformer and target critic."""
+    policy_noise: float = 0.2
+    noise_clip: float = 0.5
+    actor_update_interval: int = 2
+    """The actor (transformer) is updated every this many critic updates."""
+    critic: CriticConfig = field(default_factory=CriticConfig)
+
+    @property
+    def policy(self) -> str:
+        """The action head this objective trains."""
+        return "gaussian" if self.kind == "odt" else "deterministic"
+
+    def validate(self) -> list[str]:
+        problems = []
+        if self.kind not in OBJECTIVES:
+            problems.append(f"objective.kind={self.kind!r} must be one of {OBJECTIVES}")
+        if self.init_temperature <= 0:
+            problems.append(f"objective.init_temperature={self.init_temperature} must be > 0")
+        if not 0.0 <= self.gamma <= 1.0:
+            problems.append(f"objective.gamma={self.gamma} must lie in [0, 1]")
+        if not 0.0 < self.tau <= 1.0:
+            problems.append(f"objective.tau={self.tau} must lie in (0, 1]")
+        if self.actor_update_interval < 1:
+            problems.append(
+                f"objective.actor_update_interval={self.actor_update_interval} must be >= 1"
+            )
+        return problems
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    lr: float = 1e-4
+    """LAMB learning rate of the transformer (ODT hopper: 1e-4)."""
+    weight_decay: float = 5e-4
+    warmup_steps: int = 10_000
+    """Linear warm-up, carried from pretraining into fine-tuning (ODT: 10k)."""
+    grad_clip: float = 0.25
+    """Global gradient-norm clip (ODT: 0.25)."""
+    batch_size: int = 256
+    seed: int = 0
+
+    def validate(self) -> list[str]:
+        problems = []
+        if self.lr <= 0:
+            problems.append(f"optim.lr={self.lr} must be > 0")
+        if self.weight_decay < 0:
+            problems.append(f"optim.weight_decay={self.weight_decay} must be >= 0")
+        if self.warmup_steps < 0:
+            problems.append(f"optim.warmup_steps={self.warmup_steps} must be >= 0")
+        if self.grad_clip <= 0:
+            problems.append(f"optim.grad_clip={self.grad_clip} must be > 0")
+        if self.batch_size < 1:
+            problems.append(f"optim.batch_size={self.batch_size} must be >= 1")
+        return problems
+
+
+def config_dict(obj) -> dict:
+    return asdict(obj)

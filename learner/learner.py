@@ -1,0 +1,241 @@
+"""The update step: one function of a batch of windows, objective chosen by config.
+
+Pretraining and fine-tuning use the same `Learner`; only the source of batches
+differs (an in-memory offline sampler, or the Reverb dataset). No threads, queues
+or signals here.
+
+Usage:
+    learner = Learner(model_cfg, objective_cfg, optim_cfg, device="cuda")
+    learner.set_state_normalization(mean, std)
+    for batch in batches:                  # dict of (B, K, ...) tensors, see replay/windows.py
+        metrics = learner.update(batch)    # dict of 0-d tensors; no host sync inside
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import replace
+
+import torch
+from pytorch_optimizer import Lamb
+
+from learner import losses
+from learner.config import ObjectiveConfig, OptimConfig
+from models import DecisionTransformer, ModelConfig, TwinQ
+
+
+def shifted_window(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The window one step later, for TD targets: position i holds step t_i + 1.
+
+    next states are the stored next observations; actions move left by one (the last
+    action is never seen by the last state token, so zeros are fine); the
+    return-to-go of the next step is rtg - r; the mask stays the same.
+    """
+    actions = torch.cat(
+        (batch["actions"][:, 1:], torch.zeros_like(batch["actions"][:, :1])), dim=1
+    )
+    return {
+        "observations": batch["next_observations"],
+        "actions": actions,
+        "returns_to_go": batch["returns_to_go"] - batch["rewards"],
+        "timesteps": batch["timesteps"] + 1,
+        "mask": batch["mask"],
+    }
+
+
+def _forward(model: DecisionTransformer, window: dict[str, torch.Tensor]):
+    return model(
+        window["observations"],
+        window["actions"],
+        window["returns_to_go"],
+        window["timesteps"],
+        window["mask"],
+    )
+
+
+@torch.no_grad()
+def ema_update(target: torch.nn.Module, source: torch.nn.Module, tau: float) -> None:
+    torch._foreach_lerp_(list(target.parameters()), list(source.parameters()), tau)
+
+
+class Learner:
+    def __init__(
+        self,
+        model_cfg: ModelConfig,
+        objective: ObjectiveConfig,
+        optim: OptimConfig,
+        device: str | torch.device = "cpu",
+    ):
+        problems = objective.validate() + optim.validate()
+        if problems:
+            raise ValueError("; ".join(problems))
+        self.device = torch.device(device)
+        self.objective = objective
+        self.optim = optim
+        self.model_cfg = replace(model_cfg, policy=objective.policy)
+        torch.manual_seed(optim.seed)
+        self.model = DecisionTransformer(self.model_cfg).to(self.device)
+        self.optimizer = Lamb(
+            self.model.parameters(), lr=optim.lr, weight_decay=optim.weight_decay, eps=1e-8
+        )
+        warmup = max(optim.warmup_steps, 1)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: min((s + 1) / warmup, 1.0)
+        )
+        # log lambda is a leaf tensor of its own, saved in state_dict (ODT's code loses it).
+        self.log_temperature = torch.tensor(
+            math.log(objective.init_temperature), device=self.device, requires_grad=True
+        )
+        self.temperature_optimizer = torch.optim.Adam(
+            [self.log_temperature], lr=objective.temperature_lr, betas=(0.9, 0.999)
+        )
+        self.target_entropy = (
+            objective.target_entropy
+            if objective.target_entropy is not None
+            else -float(self.model_cfg.act_dim)
+        )
+        self.critic = self.critic_target = self.model_target = self.critic_optimizer = None
+        if objective.kind == "odt_td3":
+            self.critic = TwinQ(self.model_cfg.state_dim, self.model_cfg.act_dim, objective.critic)
+            self.critic.to(self.device)
+            self.critic_optimizer = torch.optim.AdamW(self.critic.parameters(), lr=objective.critic_lr)
+            self._reset_targets()
+        self.step = 0  # batches consumed (one critic update each under odt_td3)
+
+    def _reset_targets(self) -> None:
+        self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
+        self.model_target = copy.deepcopy(self.model).requires_grad_(False).eval()
+
+    def set_state_normalization(self, mean, std) -> None:
+        self.model.set_state_normalization(mean, std)
+        if self.critic is not None:
+            self.critic.set_state_normalization(mean, std)
+            self._reset_targets()
+
+    @property
+    def temperature(self) -> torch.Tensor:
+        return self.log_temperature.detach().exp()
+
+    def update(self, batch: dict[str, torch.Tensor], rl: bool = True) -> dict[str, torch.Tensor]:
+        """One update on a batch of windows; returns detached 0-d metric tensors.
+
+        `rl=False` trains the supervised part only (used for pretraining ODT+TD3).
+        """
+        self.model.train()
+        if self.objective.kind == "odt":
+            metrics = self._odt_update(batch)
+        elif rl:
+            metrics = self._td3_update(batch)
+        else:
+            metrics = self._actor_step(batch, rl=False)
+        self.step += 1
+        return metrics
+
+    def _transformer_step(self, loss: torch.Tensor) -> torch.Tensor:
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.optim.grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        return grad_norm.detach()
+
+    def _odt_update(self, batch):
+        dist = _forward(self.model, batch)
+        out = losses.odt_loss(
+            dist,
+            batch["actions"],
+            batch["mask"],
+            self.log_temperature,
+            self.target_entropy,
+            self.objective.mask_entropy,
+        )
+        grad_norm = self._transformer_step(out.loss)
+        self.temperature_optimizer.zero_grad(set_to_none=True)
+        out.temperature_loss.backward()
+        self.temperature_optimizer.step()
+        return {
+            "loss/total": out.loss.detach(),
+            "loss/nll": out.nll,
+            "loss/entropy": out.entropy,
+            "policy/entropy": out.entropy,
+            "policy/temperature": self.temperature,
+            "loss/grad_norm": grad_norm,
+        }
+
+    def _td3_update(self, batch):
+        obj = self.objective
+        with torch.no_grad():
+            next_action = _forward(self.model_target, shifted_window(batch)).mode
+            next_action = losses.target_policy_noise(next_action, obj.policy_noise, obj.noise_clip)
+            next_q1, next_q2 = self.critic_target(batch["next_observations"], next_action)
+            target = losses.td_target(
+                next_q1, next_q2, batch["rewards"], batch["terminated"], obj.gamma
+            )
+        q1, q2 = self.critic(batch["observations"], batch["actions"])
+        critic_loss = losses.critic_loss(q1, q2, target, batch["mask"])
+        self.critic_optimizer.zero_grad(set_to_none=True)
+        critic_loss.backward()
+        self.critic_optimizer.step()
+        metrics = {
+            "loss/critic": critic_loss.detach(),
+            "policy/q": losses.masked_mean(q1.detach(), batch["mask"]),
+        }
+        if (self.step + 1) % obj.actor_update_interval == 0:
+            metrics.update(self._actor_step(batch, rl=True))
+            ema_update(self.critic_target, self.critic, obj.tau)
+            ema_update(self.model_target, self.model, obj.tau)
+        return metrics
+
+    def _actor_step(self, batch, rl: bool):
+        action = _forward(self.model, batch)
+        supervised = losses.supervised_mse(action, batch["actions"], batch["mask"])
+        loss = supervised
+        metrics = {"loss/supervised": supervised.detach()}
+        if rl:
+            # The critic is not updated here; its parameters only pass the gradient through.
+            q = self.critic.first(batch["observations"], action.action)
+            rl_loss = losses.actor_rl_loss(q, batch["mask"])
+            loss = supervised + self.objective.rl_coeff * rl_loss
+            metrics["loss/actor_rl"] = rl_loss.detach()
+        metrics["loss/total"] = loss.detach()
+        metrics["loss/grad_norm"] = self._transformer_step(loss)
+        return metrics
+
+    # ---- persistence -------------------------------------------------------------
+    def state_dict(self) -> dict:
+        state = {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "log_temperature": self.log_temperature.detach().cpu(),
+            "temperature_optimizer": self.temperature_optimizer.state_dict(),
+            "step": self.step,
+        }
+        if self.critic is not None:
+            state.update(
+                critic=self.critic.state_dict(),
+                critic_target=self.critic_target.state_dict(),
+                model_target=self.model_target.state_dict(),
+                critic_optimizer=self.critic_optimizer.state_dict(),
+            )
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        with torch.no_grad():
+            self.log_temperature.copy_(state["log_temperature"])
+        self.temperature_optimizer.load_state_dict(state["temperature_optimizer"])
+        self.step = int(state["step"])
+        if self.critic is not None:
+            if "critic" in state:
+                self.critic.load_state_dict(state["critic"])
+                self.critic_target.load_state_dict(state["critic_target"])
+                self.model_target.load_state_dict(state["model_target"])
+                self.critic_optimizer.load_state_dict(state["critic_optimizer"])
+            else:
+                # Starting ODT+TD3 from a checkpoint without a critic (e.g. pretrained).
+                self.critic.set_state_normalization(self.model.state_mean, self.model.state_std)
+                self._reset_targets()

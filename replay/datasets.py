@@ -1,0 +1,937 @@
+"""Offline-RL datasets: read, validate and write D4RL HDF5 files and Minari folders.
+
+Everything is converted to one in-memory form, a list of `Episode`s (observations
+T+1, actions T, rewards T, terminated/truncated flags), wrapped in an
+`OfflineDataset` that remembers the file it came from and its provenance.
+
+Formats (references):
+
+* D4RL HDF5 layout (Farama-Foundation/D4RL `scripts/generation/mujoco/collect_data.py`,
+  `d4rl/__init__.py::sequence_dataset`): one file of flat, step-aligned arrays
+  `observations (N, *obs)`, `actions (N, *act)`, `rewards (N,)` or `(N, 1)`,
+  `terminals (N,)`, optional `timeouts (N,)` and `next_observations (N, *obs)`,
+  and an optional `metadata/` group. Float arrays are float32, or float64 in the
+  replay splits. Episodes end where `terminals | timeouts` is set; files can end in
+  an unflagged partial episode (hopper-random-v2 does), which is kept here as a
+  truncated episode. Without `next_observations` the observation after an
+  episode's last action is not in the file, so the last observation is repeated.
+* Minari HDF5 layout (Farama-Foundation/Minari 0.5.x,
+  `minari/dataset/minari_storage.py`, `minari/dataset/_storages/hdf5_storage.py`):
+  a folder holding `metadata.json` and `main_data.hdf5`; the HDF5 file has one
+  group `episode_{i}` per episode with datasets `observations (T+1, *obs)`,
+  `actions (T, *act)`, `rewards (T,)`, `terminations (T,)`, `truncations (T,)`
+  and attributes `id`, `total_steps` and optionally `seed`. `metadata.json` holds
+  `dataset_id`, `minari_version`, `total_episodes`, `total_steps`, `data_format`,
+  the serialized spaces, optional `ref_min_score`/`ref_max_score`, and any other
+  keys (provenance such as `env_id`, `envpool_version`, `policy`, `seed`).
+
+Reading uses only h5py and json, so Minari folders load without the minari
+package, nothing is downloaded, and every problem becomes a `DatasetError` that
+names the file. Inputs are opened read-only. Writing Minari goes through minari's
+own `MinariStorage` (imported lazily) so the files are exactly what the library
+writes and `minari.MinariDataset(folder)` opens them. Only Box observation and
+action spaces are supported (MuJoCo-style vectors); Dict/Tuple spaces and Minari's
+"arrow" format are rejected with a DatasetError.
+
+Writers build the output next to its destination and move it into place only
+once complete, so a failed write never leaves a half-written dataset behind, and
+they refuse to overwrite existing data.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import re
+import shutil
+import uuid
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+PathLike = str | os.PathLike
+
+D4RL_REQUIRED_KEYS = ("observations", "actions", "rewards", "terminals")
+D4RL_OPTIONAL_KEYS = ("timeouts", "next_observations")
+MINARI_EPISODE_KEYS = ("observations", "actions", "rewards", "terminations", "truncations")
+MINARI_METADATA_FILE = "metadata.json"
+MINARI_DATA_FILE = "main_data.hdf5"
+ACTION_TOLERANCE = 1e-6
+
+# Serialized spaces and env specs are large JSON strings; they are not provenance.
+_MINARI_SPACE_KEYS = frozenset({"observation_space", "action_space", "env_spec", "eval_env_spec"})
+# Keys write_minari fills in itself; callers may not set them through `metadata`.
+_MINARI_RESERVED_KEYS = _MINARI_SPACE_KEYS | {
+    "dataset_id",
+    "data_format",
+    "minari_version",
+    "total_episodes",
+    "total_steps",
+    "dataset_size",
+}
+# Minari's update_metadata asserts these types.
+_MINARI_STRING_KEYS = frozenset({"code_permalink", "algorithm_name"})
+_MINARI_SET_KEYS = frozenset({"author", "author_email"})
+# Dataset id grammar of minari.dataset.minari_dataset.parse_dataset_id, version required.
+_DATASET_ID_RE = re.compile(r"^(?:[-_\w][-_\w/]*[-_\w]+/)?[-_\w]+?-v\d+$")
+_EPISODE_GROUP_RE = re.compile(r"^episode_(\d+)$")
+# Low-level errors that reading a broken file can raise (h5py raises OSError,
+# KeyError, ValueError, TypeError or RuntimeError depending on the damage).
+_READ_ERRORS = (OSError, KeyError, ValueError, TypeError, IndexError, RuntimeError, AttributeError)
+
+
+class DatasetError(ValueError):
+    """Bad dataset input or output.
+
+    Built as `DatasetError(path, problem)`; str() is "path: problem", e.g.
+    "data/x.hdf5: key 'actions' has 999 rows but 'observations' has 1000".
+    `DatasetError(message)` with a single argument is accepted too (path is None).
+    """
+
+    def __init__(self, path: PathLike, problem: str | None = None) -> None:
+        if problem is None:
+            self.path: str | None = None
+            self.problem = str(path)
+            super().__init__(self.problem)
+        else:
+            self.path = os.fspath(path)
+            self.problem = problem
+            super().__init__(f"{self.path}: {problem}")
+
+
+@dataclass
+class Episode:
+    """One episode of T steps.
+
+    observations: (T+1, *obs_shape) float32, every observation including the one
+        after the last action.
+    actions: (T, *act_shape) float32, in the environment's own units.
+    rewards: (T,) float32.
+    terminated: the episode ended in a true terminal state.
+    truncated: the episode was cut by a time limit or by the end of the data.
+    """
+
+    observations: np.ndarray
+    actions: np.ndarray
+    rewards: np.ndarray
+    terminated: bool
+    truncated: bool
+
+    @property
+    def length(self) -> int:
+        """Number of steps T (actions taken)."""
+        return len(self.actions)
+
+    @property
+    def ret(self) -> float:
+        """Undiscounted return, summed in float64."""
+        return float(np.sum(self.rewards, dtype=np.float64))
+
+
+@dataclass
+class OfflineDataset:
+    """Episodes read from one source, with the provenance found there.
+
+    metadata holds the provenance keys present in the source (env_id, policy, seed,
+    envpool_version, dataset_id, ref_min_score, ref_max_score, ...) and always
+    `format`: "d4rl" or "minari".
+    """
+
+    episodes: list[Episode]
+    source: str
+    metadata: dict = field(default_factory=dict)
+
+    def _first_episode(self) -> Episode:
+        if not self.episodes:
+            raise DatasetError(self.source, "empty dataset (0 episodes)")
+        return self.episodes[0]
+
+    @property
+    def observation_shape(self) -> tuple[int, ...]:
+        """Shape of one observation."""
+        return tuple(self._first_episode().observations.shape[1:])
+
+    @property
+    def action_shape(self) -> tuple[int, ...]:
+        """Shape of one action."""
+        return tuple(self._first_episode().actions.shape[1:])
+
+    @property
+    def num_steps(self) -> int:
+        """Total number of steps (actions) over all episodes."""
+        return sum(episode.length for episode in self.episodes)
+
+    @property
+    def returns(self) -> np.ndarray:
+        """Undiscounted return of each episode, float64."""
+        return np.array([episode.ret for episode in self.episodes], dtype=np.float64)
+
+
+# ----------------------------------------------------------------------------
+# Public readers
+# ----------------------------------------------------------------------------
+
+
+def load_dataset(path: PathLike) -> OfflineDataset:
+    """Load a D4RL HDF5 file or a Minari dataset folder.
+
+    A directory is read as Minari; a file named main_data.hdf5 or metadata.json is
+    read as the Minari folder holding it; any other file is read as D4RL HDF5.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise DatasetError(path, "no such file or directory")
+    if path.is_dir():
+        return load_minari(path)
+    if path.name in (MINARI_DATA_FILE, MINARI_METADATA_FILE):
+        return load_minari(path.parent)
+    return load_d4rl(path)
+
+
+def load_d4rl(path: PathLike) -> OfflineDataset:
+    """Read a D4RL-style HDF5 file and split it into episodes.
+
+    Episodes end at `terminals | timeouts`; a trailing unflagged remainder is kept
+    as a truncated episode. Float arrays (float32 or float64) become float32, flags
+    become bool, rewards (N, 1) are squeezed. The observation after an episode's
+    last action is next_observations[last] when that key exists, otherwise the
+    last observation repeated. Scalar attributes and scalar datasets of the
+    `metadata/` group become metadata; anything else there (policy weights) is
+    ignored.
+    """
+    path = Path(path)
+    with _read_errors_as_dataset_error(path), _open_hdf5(path) as file:
+        arrays = _read_d4rl_arrays(file, path)
+        metadata = _read_hdf5_metadata(file)
+    episodes = _split_d4rl_episodes(arrays)
+    return OfflineDataset(
+        episodes=episodes, source=str(path), metadata={**metadata, "format": "d4rl"}
+    )
+
+
+def load_minari(path: PathLike) -> OfflineDataset:
+    """Read a Minari HDF5 dataset folder without the minari package.
+
+    path is the folder holding metadata.json and main_data.hdf5, or its parent
+    holding data/. Episodes are read in order episode_0 .. episode_{n-1}, n being
+    metadata.json's total_episodes (or the number of groups when absent). An
+    episode whose last step is neither terminated nor truncated (recording stopped
+    mid-episode) is marked truncated.
+    """
+    folder = _resolve_minari_folder(Path(path))
+    metadata_file = folder / MINARI_METADATA_FILE
+    data_file = folder / MINARI_DATA_FILE
+    raw_metadata = _read_minari_metadata(metadata_file)
+    if not data_file.is_file():
+        raise DatasetError(
+            folder,
+            f"missing {MINARI_DATA_FILE} (a Minari dataset folder holds "
+            f"{MINARI_METADATA_FILE} and {MINARI_DATA_FILE})",
+        )
+    with _read_errors_as_dataset_error(data_file), _open_hdf5(data_file) as file:
+        episodes = _read_minari_episodes(file, data_file, raw_metadata.get("total_episodes"))
+    metadata = {k: v for k, v in raw_metadata.items() if k not in _MINARI_SPACE_KEYS}
+    return OfflineDataset(
+        episodes=episodes, source=str(folder), metadata={**metadata, "format": "minari"}
+    )
+
+
+def check_against_env(
+    dataset: OfflineDataset,
+    *,
+    observation_shape: Sequence[int],
+    action_shape: Sequence[int],
+    action_low: float | np.ndarray,
+    action_high: float | np.ndarray,
+) -> None:
+    """Check that a dataset fits an environment's spaces.
+
+    Raises DatasetError naming the dataset's source when the observation or action
+    shape differs from the environment's, or when an action lies outside
+    [action_low, action_high] by more than ACTION_TOLERANCE (the message gives the
+    value, the episode, the step and the action index).
+    """
+    source = dataset.source
+    for name, found, expected in (
+        ("observation", dataset.observation_shape, tuple(observation_shape)),
+        ("action", dataset.action_shape, tuple(action_shape)),
+    ):
+        if found != expected:
+            raise DatasetError(
+                source, f"{name} shape {found} does not match the environment's {expected}"
+            )
+    low, high = _bounds(source, "action", action_low, action_high, tuple(action_shape))
+    _check_actions_in_range(source, dataset.episodes, low, high)
+
+
+# ----------------------------------------------------------------------------
+# Public writers
+# ----------------------------------------------------------------------------
+
+
+def write_minari(
+    path: PathLike,
+    episodes: Iterable[Episode],
+    *,
+    dataset_id: str,
+    observation_low: float | np.ndarray,
+    observation_high: float | np.ndarray,
+    action_low: float | np.ndarray,
+    action_high: float | np.ndarray,
+    metadata: dict | None = None,
+    ref_min_score: float | None = None,
+    ref_max_score: float | None = None,
+) -> Path:
+    """Write episodes as a Minari HDF5 dataset folder at `path` and return it.
+
+    The folder gets metadata.json and main_data.hdf5 (written by minari's
+    MinariStorage; observations and actions float32, rewards float64, flags bool).
+    dataset_id must follow Minari's grammar `(namespace/)name-v<k>`. `metadata`
+    holds provenance (env_id, envpool_version, policy, seed, description, ...),
+    stored in metadata.json; `seed` is also written as each episode group's `seed`
+    attribute (the collection run's seed, not a per-episode reset seed).
+    ref_min_score/ref_max_score (or the same keys in `metadata`) are stored so that
+    minari.get_normalized_score works; give both or neither. Actions must lie in
+    the declared action bounds. Refuses an existing non-empty folder.
+    """
+    path = Path(path)
+    _refuse_non_empty_folder(path)
+    episodes = list(episodes)
+    obs_shape, act_shape = _check_episodes(path, episodes)
+    if not isinstance(dataset_id, str) or not _DATASET_ID_RE.match(dataset_id):
+        raise DatasetError(
+            path, f"dataset_id {dataset_id!r} is not of the form (namespace/)name-v<version>"
+        )
+    extra = _minari_extra_metadata(path, metadata or {}, ref_min_score, ref_max_score)
+    seed = extra.get("seed")
+    if seed is not None and not (isinstance(seed, int) and not isinstance(seed, bool)):
+        raise DatasetError(path, f"metadata seed must be an int, got {seed!r}")
+    obs_low, obs_high = _bounds(path, "observation", observation_low, observation_high, obs_shape)
+    act_low, act_high = _bounds(path, "action", action_low, action_high, act_shape)
+    _check_actions_in_range(path, episodes, act_low, act_high)
+
+    import gymnasium
+    import minari
+    from minari.data_collector import EpisodeBuffer
+    from minari.dataset.minari_storage import MinariStorage
+
+    observation_space = gymnasium.spaces.Box(low=obs_low, high=obs_high, dtype=np.float32)
+    action_space = gymnasium.spaces.Box(low=act_low, high=act_high, dtype=np.float32)
+    buffers = (
+        EpisodeBuffer(
+            seed=seed,
+            observations=np.asarray(episode.observations, dtype=np.float32),
+            actions=np.asarray(episode.actions, dtype=np.float32),
+            rewards=np.asarray(episode.rewards, dtype=np.float64),
+            terminations=_step_flags(episode.length, bool(episode.terminated)),
+            truncations=_step_flags(episode.length, bool(episode.truncated)),
+        )
+        for episode in episodes
+    )
+    with _staging(path, is_dir=True) as staging:
+        storage = MinariStorage.new(
+            staging,
+            observation_space=observation_space,
+            action_space=action_space,
+            data_format="hdf5",
+        )
+        storage.update_episodes(buffers)
+        storage.update_metadata(
+            {"dataset_id": dataset_id, "minari_version": minari.__version__, **extra}
+        )
+    return path
+
+
+def write_d4rl(path: PathLike, episodes: Iterable[Episode], metadata: dict | None = None) -> Path:
+    """Write episodes as one D4RL-style flat HDF5 file at `path` and return it.
+
+    Keys: observations, next_observations, actions, rewards (float32), terminals,
+    timeouts (bool). The last step of every episode is flagged, so episodes split
+    back exactly: terminals=1 if it terminated, otherwise timeouts=1 (D4RL labels
+    the two exclusively). `metadata` values (str, int, float or bool) become scalar
+    datasets under metadata/. Refuses to overwrite an existing file.
+    """
+    path = Path(path)
+    if path.exists():
+        raise DatasetError(path, "already exists; refusing to overwrite it")
+    episodes = list(episodes)
+    _check_episodes(path, episodes)
+    arrays = _flatten_episodes(episodes)
+    metadata_items = _hdf5_metadata_items(path, metadata or {})
+    with _staging(path, is_dir=False) as staging, h5py.File(staging, "w") as file:
+        for key, array in arrays.items():
+            file.create_dataset(key, data=array)
+        group = file.create_group("metadata")
+        for key, value in metadata_items.items():
+            group.create_dataset(key, data=value)
+    return path
+
+
+# ----------------------------------------------------------------------------
+# Reading helpers
+# ----------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _read_errors_as_dataset_error(path: Path) -> Iterator[None]:
+    """Turn any low-level error raised while reading `path` into a DatasetError."""
+    try:
+        yield
+    except DatasetError:
+        raise
+    except _READ_ERRORS as error:
+        raise DatasetError(path, f"unreadable data ({type(error).__name__}: {error})") from error
+
+
+def _open_hdf5(path: Path) -> h5py.File:
+    """Open an HDF5 file read-only, with a DatasetError for each way that fails."""
+    if not path.exists():
+        raise DatasetError(path, "no such file or directory")
+    if not path.is_file():
+        raise DatasetError(path, "not a file")
+    try:
+        is_hdf5 = h5py.is_hdf5(path)
+    except OSError as error:
+        raise DatasetError(path, f"cannot read file ({error})") from error
+    if not is_hdf5:
+        raise DatasetError(path, "not an HDF5 file")
+    try:
+        return h5py.File(path, "r")
+    except _READ_ERRORS as error:
+        raise DatasetError(path, f"unreadable HDF5 file, truncated or corrupt ({error})") from error
+
+
+def _read_array(
+    container: h5py.Group, key: str, path: Path, label: str | None = None
+) -> np.ndarray:
+    """Read the dataset `key` of `container` as an array of at least one dimension."""
+    label = label or key
+    node = container[key]
+    if not isinstance(node, h5py.Dataset):
+        raise DatasetError(
+            path, f"{label!r} is a group, expected an array (only Box spaces are supported)"
+        )
+    array = node[()]
+    if not isinstance(array, np.ndarray) or array.ndim == 0:
+        raise DatasetError(path, f"{label!r} is a scalar, expected an array")
+    if array.dtype.kind not in "biuf":
+        raise DatasetError(path, f"{label!r} has dtype {array.dtype}, expected a numeric dtype")
+    return array
+
+
+def _read_d4rl_arrays(file: h5py.File, path: Path) -> dict[str, np.ndarray]:
+    """Read, check and convert the D4RL arrays; optional keys that are absent are omitted."""
+    missing = [key for key in D4RL_REQUIRED_KEYS if key not in file]
+    if missing:
+        names = ", ".join(repr(key) for key in missing)
+        raise DatasetError(path, f"missing required key(s) {names}")
+    keys = [*D4RL_REQUIRED_KEYS, *(key for key in D4RL_OPTIONAL_KEYS if key in file)]
+    raw = {key: _read_array(file, key, path) for key in keys}
+
+    rows = len(raw["observations"])
+    for key in keys:
+        if len(raw[key]) != rows:
+            raise DatasetError(
+                path, f"key {key!r} has {len(raw[key])} rows but 'observations' has {rows}"
+            )
+    if rows == 0:
+        raise DatasetError(path, "empty dataset (0 steps)")
+    _require_per_step_shape(path, "observations", raw["observations"])
+    _require_per_step_shape(path, "actions", raw["actions"])
+    if "next_observations" in raw and raw["next_observations"].shape != raw["observations"].shape:
+        raise DatasetError(
+            path,
+            f"'next_observations' has shape {raw['next_observations'].shape} "
+            f"but 'observations' has shape {raw['observations'].shape}",
+        )
+
+    arrays = {}
+    for key in ("observations", "actions", "next_observations"):
+        if key in raw:
+            arrays[key] = _to_float32(path, key, raw[key])
+    arrays["rewards"] = _to_float32(
+        path, "rewards", _squeeze_column(path, "rewards", raw["rewards"])
+    )
+    for key in ("terminals", "timeouts"):
+        if key in raw:
+            arrays[key] = _to_bool(path, key, _squeeze_column(path, key, raw[key]))
+    return arrays
+
+
+def _split_d4rl_episodes(arrays: dict[str, np.ndarray]) -> list[Episode]:
+    """Cut the flat D4RL arrays into episodes at terminals | timeouts."""
+    observations = arrays["observations"]
+    next_observations = arrays.get("next_observations")
+    terminals = arrays["terminals"]
+    timeouts = arrays.get("timeouts", np.zeros_like(terminals))
+    rows = len(terminals)
+
+    ends = np.flatnonzero(terminals | timeouts)
+    if ends.size == 0 or ends[-1] != rows - 1:
+        ends = np.append(ends, rows - 1)
+    starts = np.concatenate([[0], ends[:-1] + 1])
+
+    episodes = []
+    for start, end in zip(starts.tolist(), ends.tolist()):
+        final = next_observations[end] if next_observations is not None else observations[end]
+        terminated = bool(terminals[end])
+        episodes.append(
+            Episode(
+                observations=np.concatenate([observations[start : end + 1], final[None]]),
+                actions=arrays["actions"][start : end + 1],
+                rewards=arrays["rewards"][start : end + 1],
+                terminated=terminated,
+                truncated=not terminated,
+            )
+        )
+    return episodes
+
+
+def _read_hdf5_metadata(file: h5py.File) -> dict[str, Any]:
+    """Scalar attributes and scalar datasets of the file's `metadata/` group."""
+    group = file.get("metadata")
+    if not isinstance(group, h5py.Group):
+        return {}
+    found: dict[str, Any] = {}
+    for key, value in group.attrs.items():
+        _put_scalar(found, key, value)
+    for key, node in group.items():
+        if isinstance(node, h5py.Dataset) and node.shape == ():
+            _put_scalar(found, key, node[()])
+    return found
+
+
+def _put_scalar(target: dict[str, Any], key: str, value: Any) -> None:
+    """Store value under key as a plain Python scalar; skip arrays and other objects."""
+    if isinstance(value, bytes):
+        target[key] = value.decode("utf-8", errors="replace")
+    elif isinstance(value, np.ndarray) and value.ndim == 0:
+        _put_scalar(target, key, value[()])
+    elif isinstance(value, np.generic):
+        target[key] = value.item()
+    elif isinstance(value, (str, int, float, bool)):
+        target[key] = value
+
+
+def _resolve_minari_folder(path: Path) -> Path:
+    """The folder holding metadata.json/main_data.hdf5: path itself or path/data."""
+    if not path.exists():
+        raise DatasetError(path, "no such file or directory")
+    if not path.is_dir():
+        raise DatasetError(path, "not a directory (expected a Minari dataset folder)")
+    holds_files = (path / MINARI_METADATA_FILE).exists() or (path / MINARI_DATA_FILE).exists()
+    if not holds_files and (path / "data").is_dir():
+        return path / "data"
+    return path
+
+
+def _read_minari_metadata(metadata_file: Path) -> dict[str, Any]:
+    """Parse metadata.json and check that it describes HDF5 data."""
+    if not metadata_file.is_file():
+        raise DatasetError(
+            metadata_file.parent,
+            f"missing {MINARI_METADATA_FILE} (a Minari dataset "
+            f"folder holds {MINARI_METADATA_FILE} and {MINARI_DATA_FILE})",
+        )
+    try:
+        with open(metadata_file, encoding="utf-8") as handle:
+            metadata = json.load(handle)
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise DatasetError(metadata_file, f"not valid JSON ({error})") from error
+    except OSError as error:
+        raise DatasetError(metadata_file, f"cannot read file ({error})") from error
+    if not isinstance(metadata, dict):
+        raise DatasetError(metadata_file, f"expected a JSON object, got {type(metadata).__name__}")
+    data_format = metadata.get("data_format", "hdf5")
+    if data_format != "hdf5":
+        raise DatasetError(
+            metadata_file, f"data_format {data_format!r} is not supported (only 'hdf5')"
+        )
+    total_episodes = metadata.get("total_episodes")
+    if total_episodes is not None and (not isinstance(total_episodes, int) or total_episodes < 0):
+        raise DatasetError(
+            metadata_file, f"total_episodes must be a non-negative int, got {total_episodes!r}"
+        )
+    return metadata
+
+
+def _read_minari_episodes(file: h5py.File, path: Path, total_episodes: int | None) -> list[Episode]:
+    """Read episode_0 .. episode_{n-1} and check they share observation/action shapes."""
+    if total_episodes is None:
+        total_episodes = sum(1 for name in file if _EPISODE_GROUP_RE.match(name))
+    if total_episodes == 0:
+        raise DatasetError(path, "empty dataset (0 episodes)")
+    missing = [f"episode_{i}" for i in range(total_episodes) if f"episode_{i}" not in file]
+    if missing:
+        shown = ", ".join(missing[:5]) + (", ..." if len(missing) > 5 else "")
+        raise DatasetError(
+            path,
+            f"missing episode group(s) {shown} (metadata.json total_episodes={total_episodes})",
+        )
+
+    episodes = []
+    for index in range(total_episodes):
+        name = f"episode_{index}"
+        group = file[name]
+        if not isinstance(group, h5py.Group):
+            raise DatasetError(path, f"{name!r} is not a group")
+        episode = _read_minari_episode(group, name, path)
+        if episodes:
+            _require_same_shapes(path, name, episode, episodes[0])
+        episodes.append(episode)
+    return episodes
+
+
+def _read_minari_episode(group: h5py.Group, name: str, path: Path) -> Episode:
+    """Read and check one Minari episode group."""
+    missing = [key for key in MINARI_EPISODE_KEYS if key not in group]
+    if missing:
+        raise DatasetError(path, f"{name} is missing key(s) {', '.join(repr(k) for k in missing)}")
+    raw = {key: _read_array(group, key, path, f"{name}/{key}") for key in MINARI_EPISODE_KEYS}
+
+    steps = len(raw["actions"])
+    if steps == 0:
+        raise DatasetError(path, f"{name} has 0 steps")
+    if len(raw["observations"]) != steps + 1:
+        raise DatasetError(
+            path,
+            f"{name}/observations has {len(raw['observations'])} rows but {name}/actions "
+            f"has {steps}; expected {steps + 1} (T+1)",
+        )
+    for key in ("rewards", "terminations", "truncations"):
+        if len(raw[key]) != steps:
+            raise DatasetError(
+                path, f"{name}/{key} has {len(raw[key])} rows but {name}/actions has {steps}"
+            )
+    _require_per_step_shape(path, f"{name}/observations", raw["observations"])
+    _require_per_step_shape(path, f"{name}/actions", raw["actions"])
+
+    terminations, truncations = (
+        _to_bool(path, f"{name}/{key}", _squeeze_column(path, f"{name}/{key}", raw[key]))
+        for key in ("terminations", "truncations")
+    )
+    early = np.flatnonzero((terminations | truncations)[:-1])
+    if early.size:
+        raise DatasetError(
+            path,
+            f"{name} is flagged terminated/truncated at step {int(early[0])} "
+            f"before its last step {steps - 1}",
+        )
+    terminated = bool(terminations[-1])
+    return Episode(
+        observations=_to_float32(path, f"{name}/observations", raw["observations"]),
+        actions=_to_float32(path, f"{name}/actions", raw["actions"]),
+        rewards=_to_float32(
+            path, f"{name}/rewards", _squeeze_column(path, f"{name}/rewards", raw["rewards"])
+        ),
+        terminated=terminated,
+        truncated=bool(truncations[-1]) or not terminated,
+    )
+
+
+# ----------------------------------------------------------------------------
+# Array checks shared by readers and writers
+# ----------------------------------------------------------------------------
+
+
+def _require_per_step_shape(path: PathLike, key: str, array: np.ndarray) -> None:
+    """Per-step arrays of vectors must be (rows, *shape) with at least one axis per step."""
+    if array.ndim < 2:
+        raise DatasetError(
+            path, f"{key!r} has shape {array.shape}; expected (rows, *shape) with ndim >= 2"
+        )
+
+
+def _squeeze_column(path: PathLike, key: str, array: np.ndarray) -> np.ndarray:
+    """Accept (N,) or (N, 1); return (N,)."""
+    if array.ndim == 2 and array.shape[1] == 1:
+        return array[:, 0]
+    if array.ndim != 1:
+        raise DatasetError(path, f"{key!r} has shape {array.shape}; expected (N,) or (N, 1)")
+    return array
+
+
+def _first_bad_row(bad: np.ndarray) -> int:
+    """Index of the first row holding a True in the per-element mask `bad`."""
+    return int(np.argmax(bad.reshape(len(bad), -1).any(axis=1)))
+
+
+def _check_finite(path: PathLike, key: str, array: np.ndarray) -> None:
+    """Raise naming the key, first bad row and value when array holds NaN or inf."""
+    bad = ~np.isfinite(array)
+    if bad.any():
+        row = _first_bad_row(bad)
+        value = np.asarray(array[row])[np.asarray(bad[row])].flat[0]
+        raise DatasetError(path, f"{key!r} has a non-finite value ({value}) at row {row}")
+
+
+def _to_float32(path: PathLike, key: str, array: np.ndarray) -> np.ndarray:
+    """Check a numeric array is finite and convert it to float32 without overflow."""
+    if array.dtype.kind == "f":
+        _check_finite(path, key, array)
+    with np.errstate(over="ignore"):
+        converted = array.astype(np.float32, copy=False)
+    overflow = ~np.isfinite(converted)
+    if overflow.any():
+        row = _first_bad_row(overflow)
+        value = np.asarray(array[row])[np.asarray(overflow[row])].flat[0]
+        raise DatasetError(
+            path, f"{key!r} has value {value} at row {row}, outside the float32 range"
+        )
+    return converted
+
+
+def _to_bool(path: PathLike, key: str, array: np.ndarray) -> np.ndarray:
+    """Numeric or bool flags -> bool (non-zero is True)."""
+    if array.dtype.kind == "f":
+        _check_finite(path, key, array)
+    return array != 0
+
+
+def _require_same_shapes(path: PathLike, name: str, episode: Episode, first: Episode) -> None:
+    """Every episode must have the first episode's per-step observation and action shapes."""
+    for kind, found, expected in (
+        ("observations", np.shape(episode.observations)[1:], np.shape(first.observations)[1:]),
+        ("actions", np.shape(episode.actions)[1:], np.shape(first.actions)[1:]),
+    ):
+        if found != expected:
+            raise DatasetError(
+                path,
+                f"{name} {kind} have per-step shape {found} but the first episode's are {expected}",
+            )
+
+
+def _bounds(
+    path: PathLike,
+    name: str,
+    low: float | np.ndarray,
+    high: float | np.ndarray,
+    shape: tuple[int, ...],
+) -> tuple[np.ndarray, np.ndarray]:
+    """Broadcast low/high to `shape` as float32 arrays and check low <= high."""
+    try:
+        low_array = np.broadcast_to(np.asarray(low, dtype=np.float32), shape).copy()
+        high_array = np.broadcast_to(np.asarray(high, dtype=np.float32), shape).copy()
+    except (ValueError, TypeError) as error:
+        raise DatasetError(path, f"{name} bounds do not fit shape {shape} ({error})") from error
+    inverted = np.argwhere(low_array > high_array)
+    if inverted.size:
+        index = tuple(int(i) for i in inverted[0])
+        raise DatasetError(
+            path,
+            f"{name}_low {low_array[index]} exceeds {name}_high {high_array[index]} "
+            f"at index {index}",
+        )
+    return low_array, high_array
+
+
+def _check_actions_in_range(
+    path: PathLike, episodes: Sequence[Episode], low: np.ndarray, high: np.ndarray
+) -> None:
+    """Raise on the first action outside [low, high] widened by ACTION_TOLERANCE.
+
+    NaN counts as outside. The message gives the value, episode, step and index.
+    """
+    low64 = low.astype(np.float64) - ACTION_TOLERANCE
+    high64 = high.astype(np.float64) + ACTION_TOLERANCE
+    for episode_index, episode in enumerate(episodes):
+        actions = np.asarray(episode.actions, dtype=np.float64)
+        outside = ~((actions >= low64) & (actions <= high64))
+        if outside.any():
+            step, *component = (int(i) for i in np.argwhere(outside)[0])
+            index = component[0] if len(component) == 1 else tuple(component)
+            value = actions[(step, *component)]
+            bound_index = tuple(component)
+            raise DatasetError(
+                path,
+                f"action value {value:.9g} at episode {episode_index}, step {step}, "
+                f"index {index} is outside [{low[bound_index]:.9g}, {high[bound_index]:.9g}]",
+            )
+
+
+# ----------------------------------------------------------------------------
+# Writing helpers
+# ----------------------------------------------------------------------------
+
+
+def _check_episodes(path: Path, episodes: list[Episode]) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Check episodes before writing; return the per-step observation and action shapes."""
+    if not episodes:
+        raise DatasetError(path, "no episodes to write")
+    for index, episode in enumerate(episodes):
+        name = f"episode {index}"
+        observations = np.asarray(episode.observations)
+        actions = np.asarray(episode.actions)
+        rewards = np.asarray(episode.rewards)
+        _require_per_step_shape(path, f"{name} observations", observations)
+        _require_per_step_shape(path, f"{name} actions", actions)
+        steps = len(actions)
+        if steps == 0:
+            raise DatasetError(path, f"{name} has 0 steps")
+        if len(observations) != steps + 1:
+            raise DatasetError(
+                path,
+                f"{name} has {len(observations)} observations and {steps} actions; "
+                f"expected {steps + 1} (T+1) observations",
+            )
+        if rewards.shape != (steps,):
+            raise DatasetError(
+                path, f"{name} rewards have shape {rewards.shape}; expected ({steps},)"
+            )
+        for key, array in (
+            ("observations", observations),
+            ("actions", actions),
+            ("rewards", rewards),
+        ):
+            _to_float32(path, f"{name} {key}", array)
+        if index:
+            _require_same_shapes(path, name, episode, episodes[0])
+    first = episodes[0]
+    return tuple(np.shape(first.observations)[1:]), tuple(np.shape(first.actions)[1:])
+
+
+def _step_flags(steps: int, last: bool) -> np.ndarray:
+    """Per-step bool flags: False everywhere except the last step, which is `last`."""
+    flags = np.zeros(steps, dtype=bool)
+    flags[-1] = last
+    return flags
+
+
+def _flatten_episodes(episodes: list[Episode]) -> dict[str, np.ndarray]:
+    """Concatenate episodes into D4RL's flat, step-aligned arrays."""
+
+    def stack(pieces: Iterable[np.ndarray]) -> np.ndarray:
+        return np.concatenate([np.asarray(p, dtype=np.float32) for p in pieces])
+
+    return {
+        "observations": stack(episode.observations[:-1] for episode in episodes),
+        "next_observations": stack(episode.observations[1:] for episode in episodes),
+        "actions": stack(episode.actions for episode in episodes),
+        "rewards": stack(episode.rewards for episode in episodes),
+        "terminals": np.concatenate([_step_flags(e.length, bool(e.terminated)) for e in episodes]),
+        "timeouts": np.concatenate([_step_flags(e.length, not e.terminated) for e in episodes]),
+    }
+
+
+def _hdf5_metadata_items(path: Path, metadata: dict) -> dict[str, Any]:
+    """Check metadata for write_d4rl: scalar str/int/float/bool values under plain names."""
+    items = {}
+    for key, value in metadata.items():
+        if not isinstance(key, str) or not key or "/" in key:
+            raise DatasetError(path, f"metadata key {key!r} must be a non-empty string without '/'")
+        if isinstance(value, np.generic):
+            value = value.item()
+        if value is None:
+            continue
+        if not isinstance(value, (str, int, float, bool)):
+            raise DatasetError(
+                path,
+                f"metadata {key!r} must be a str, int, float or bool, got {type(value).__name__}",
+            )
+        items[key] = value
+    return items
+
+
+def _minari_extra_metadata(
+    path: Path, metadata: dict, ref_min_score: float | None, ref_max_score: float | None
+) -> dict[str, Any]:
+    """Check the caller's provenance keys and reference scores for metadata.json."""
+    reserved = sorted(_MINARI_RESERVED_KEYS.intersection(metadata))
+    if reserved:
+        raise DatasetError(
+            path, f"metadata key(s) {', '.join(map(repr, reserved))} are set by write_minari itself"
+        )
+    extra: dict[str, Any] = {}
+    for key, value in metadata.items():
+        if not isinstance(key, str):
+            raise DatasetError(path, f"metadata key {key!r} must be a string")
+        if isinstance(value, np.generic):
+            value = value.item()
+        if key in _MINARI_STRING_KEYS and not isinstance(value, str):
+            raise DatasetError(path, f"metadata {key!r} must be a string, got {value!r}")
+        if key in _MINARI_SET_KEYS:
+            value = _string_set(path, key, value)
+        else:
+            try:
+                json.dumps(value)
+            except (TypeError, ValueError) as error:
+                raise DatasetError(
+                    path, f"metadata {key!r} is not JSON-serializable ({error})"
+                ) from error
+        extra[key] = value
+
+    scores = {
+        "ref_min_score": ref_min_score if ref_min_score is not None else extra.get("ref_min_score"),
+        "ref_max_score": ref_max_score if ref_max_score is not None else extra.get("ref_max_score"),
+    }
+    given = [value is not None for value in scores.values()]
+    if any(given) and not all(given):
+        raise DatasetError(path, "give both ref_min_score and ref_max_score, or neither")
+    if all(given):
+        try:
+            low, high = float(scores["ref_min_score"]), float(scores["ref_max_score"])
+        except (TypeError, ValueError) as error:
+            raise DatasetError(path, f"reference scores must be numbers ({error})") from error
+        if not (math.isfinite(low) and math.isfinite(high) and low < high):
+            raise DatasetError(
+                path,
+                f"reference scores must be finite with ref_min_score < ref_max_score, "
+                f"got {low} and {high}",
+            )
+        extra.update(ref_min_score=low, ref_max_score=high)
+    return extra
+
+
+def _string_set(path: Path, key: str, value: Any) -> set[str]:
+    """Minari stores author/author_email as sets of strings; accept one string or several."""
+    values = [value] if isinstance(value, str) else value
+    if not isinstance(values, (list, tuple, set)) or not all(isinstance(v, str) for v in values):
+        raise DatasetError(path, f"metadata {key!r} must be a string or strings, got {value!r}")
+    return set(values)
+
+
+def _refuse_non_empty_folder(path: Path) -> None:
+    """A Minari destination must not exist, or be an empty folder."""
+    if path.is_dir():
+        if any(path.iterdir()):
+            raise DatasetError(path, "folder exists and is not empty; refusing to overwrite it")
+    elif path.exists():
+        raise DatasetError(path, "exists and is not a folder; refusing to overwrite it")
+
+
+@contextlib.contextmanager
+def _staging(path: Path, *, is_dir: bool) -> Iterator[Path]:
+    """Yield a temporary sibling of `path` to write into, then move it to `path`.
+
+    On any error the temporary output is deleted and the error re-raised as a
+    DatasetError naming `path`, so nothing half-written is left at `path`.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = path.with_name(f".{path.name}.partial-{uuid.uuid4().hex[:12]}")
+    if is_dir:
+        staging.mkdir()
+    try:
+        yield staging
+        if is_dir and path.is_dir():
+            path.rmdir()  # empty, checked by _refuse_non_empty_folder
+        elif path.exists():
+            raise DatasetError(
+                path, "was created by someone else while writing; refusing to overwrite it"
+            )
+        os.rename(staging, path)
+    except BaseException as error:
+        if staging.is_dir():
+            shutil.rmtree(staging, ignore_errors=True)
+        elif staging.exists():
+            staging.unlink()
+        if isinstance(error, DatasetError) or not isinstance(error, Exception):
+            raise
+        raise DatasetError(
+            path, f"cannot write dataset ({type(error).__name__}: {error})"
+        ) from error
