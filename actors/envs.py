@@ -13,6 +13,7 @@ observation); v5 differs from D4RL.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -54,7 +55,10 @@ def _make(env_id: str, num_envs: int, seed: int):
 
     if env_id not in envpool.list_all_envs():
         raise EnvError(f"env_id={env_id!r} is not an envpool task (see envpool.list_all_envs())")
-    return envpool.make_gymnasium(env_id, num_envs=num_envs, seed=seed)
+    with warnings.catch_warnings():
+        # gymnasium warns that MuJoCo's float64 Box bounds are stored as float32; harmless.
+        warnings.filterwarnings("ignore", message=".*precision lowered.*")
+        return envpool.make_gymnasium(env_id, num_envs=num_envs, seed=seed)
 
 
 def env_spec(env_id: str) -> EnvSpec:

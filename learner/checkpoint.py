@@ -60,7 +60,10 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises many types for a bad file
-        raise CheckpointError(f"{path}: not a readable onramp checkpoint ({exc})") from exc
+        raise CheckpointError(
+            f"{path}: not a readable onramp checkpoint (corrupt or truncated, or it holds "
+            f"objects other than tensors and plain values, which are never unpickled)"
+        ) from exc
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not an onramp checkpoint (format {FORMAT!r} expected)")
     return payload

@@ -1,0 +1,99 @@
+"""Flags shared by the entry points, config resolution, and error reporting.
+
+absl flags are defined and read only under launch/. Every entry point runs through
+`run_main`, which turns the project's input errors into one clear line on stderr and
+exit status 2, and checks the Python version first.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from absl import app, flags
+
+SUPPORTED_PYTHON = (3, 11)
+
+
+def check_python() -> None:
+    if sys.version_info[:2] != SUPPORTED_PYTHON:
+        raise SystemExit(
+            f"error: onramp runs on Python 3.11 (dm-reverb 0.14.0 ships no wheels for other "
+            f"versions); this is Python {sys.version_info[0]}.{sys.version_info[1]}"
+        )
+
+
+def input_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions that mean bad user input, reported without a traceback."""
+    from actors.envs import EnvError
+    from learner.checkpoint import CheckpointError
+    from replay.datasets import DatasetError
+
+    return (ValueError, FileExistsError, FileNotFoundError, DatasetError, CheckpointError,
+            EnvError)
+
+
+def run_main(main) -> None:
+    check_python()
+
+    def guarded(argv):
+        try:
+            main(argv)
+        except input_errors() as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            sys.exit(2)
+
+    app.run(guarded)
+
+
+def define_run_flags() -> None:
+    """--preset and the overrides every pipeline entry point takes."""
+    flags.DEFINE_string("preset", "quickstart", "Preset name (see launch/presets.py).")
+    flags.DEFINE_string("dataset", None, "D4RL HDF5 file or Minari folder; default: the preset's.")
+    flags.DEFINE_string("logdir", None, "Run directory; default runs/<preset>-<time>. "
+                        "An existing non-empty directory is refused.")
+    flags.DEFINE_integer("seed", None, "Seed for training and collection.")
+    flags.DEFINE_string("device", None, "'auto', 'cpu' or 'cuda[:i]'.")
+    flags.DEFINE_enum("objective", None, ["odt", "odt_td3"], "Learning objective.")
+    flags.DEFINE_integer("pretrain_updates", None, "Offline gradient steps.")
+    flags.DEFINE_integer("eval_episodes", None, "Evaluation episodes.")
+    flags.DEFINE_integer("collect_episodes", None, "Episodes to record when no dataset is given.")
+
+
+def resolve_config():
+    """The preset with flag overrides applied, validated; ValueError lists every problem."""
+    from launch.presets import get_preset, validate
+
+    FLAGS = flags.FLAGS
+    cfg = get_preset(FLAGS.preset)
+    if FLAGS.dataset is not None:
+        cfg = replace(cfg, data=replace(cfg.data, path=FLAGS.dataset))
+    if FLAGS.seed is not None:
+        cfg = replace(cfg, seed=FLAGS.seed, data=replace(cfg.data, collect_seed=FLAGS.seed + 1))
+    if FLAGS.device is not None:
+        cfg = replace(cfg, device=FLAGS.device)
+    if FLAGS.objective is not None:
+        cfg = replace(cfg, objective=replace(cfg.objective, kind=FLAGS.objective))
+    if FLAGS.pretrain_updates is not None:
+        cfg = replace(cfg, pretrain=replace(cfg.pretrain, updates=FLAGS.pretrain_updates))
+    if FLAGS.eval_episodes is not None:
+        cfg = replace(cfg, eval=replace(cfg.eval, episodes=FLAGS.eval_episodes))
+    if FLAGS.collect_episodes is not None:
+        cfg = replace(cfg, data=replace(cfg.data, collect_episodes=FLAGS.collect_episodes))
+    problems = validate(cfg)
+    if problems:
+        raise ValueError("invalid configuration:\n  " + "\n  ".join(problems))
+    return cfg
+
+
+def new_run_dir(logdir: str | None, name: str) -> Path:
+    """A fresh run directory; an existing non-empty one is refused, never overwritten."""
+    path = Path(logdir) if logdir else Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if path.exists() and (path.is_file() or any(path.iterdir())):
+        raise FileExistsError(
+            f"logdir={str(path)!r} already exists and is not empty; choose another --logdir"
+        )
+    path.mkdir(parents=True, exist_ok=True)
+    return path

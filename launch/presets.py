@@ -1,0 +1,195 @@
+"""Run configuration: one frozen dataclass per component, and the presets that build them.
+
+Presets:
+- `quickstart`: InvertedPendulum-v4 with a small model; records its own dataset
+  with a noisy scripted controller and finishes on a 2-core CPU.
+- `{hopper,halfcheetah,walker2d,ant}-{random,medium,medium-replay}`: ODT's
+  hyperparameters (Zheng et al. 2022, appendix; online-dt defaults; vitamin README)
+  on D4RL-comparable envpool tasks. `*-random` records its dataset with a uniform
+  random policy when no file is given; the others read the D4RL HDF5 file.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from pathlib import Path
+
+from learner.config import ObjectiveConfig, OptimConfig
+from models import CriticConfig, ModelConfig
+
+
+@dataclass(frozen=True)
+class EnvConfig:
+    env_id: str
+    """envpool task id, e.g. Hopper-v4."""
+    task_id: str | None = None
+    """D4RL task id whose reference scores normalize evaluation returns, if any."""
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    path: str | None = None
+    """Offline dataset: a D4RL HDF5 file or a Minari folder. None: record one."""
+    collect_policy: str = "random"
+    """Behaviour policy when recording: 'random', 'scripted', or a checkpoint path."""
+    collect_noise: float = 0.0
+    """Std of Gaussian noise added to the behaviour policy's actions (in [-1, 1] units)."""
+    collect_episodes: int = 100
+    collect_num_envs: int = 10
+    collect_seed: int = 1
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    updates: int = 5000
+    """Offline gradient steps (ODT hopper: 5000)."""
+    log_every: int = 100
+    eval_every: int = 1000
+    """Evaluate every this many updates (and at the end); 0 evaluates at the end only."""
+    checkpoint_every: int = 1000
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    episodes: int = 10
+    """Deterministic evaluation episodes, one env each (ODT: 10)."""
+    target_return: float = 3600.0
+    """Return-to-go the policy is conditioned on (ODT hopper: 3600)."""
+    context_len: int = 5
+    """Steps of context at evaluation and rollout (ODT: 5)."""
+    seed: int = 10_000
+    """First evaluation seed; differs from collection and training seeds."""
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    name: str
+    env: EnvConfig
+    model: ModelConfig
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    online_target_return: float = 7200.0
+    """Exploration target while fine-tuning (ODT: twice the evaluation target)."""
+    seed: int = 0
+    device: str = "auto"
+    """'auto' (CUDA when present), 'cpu' or 'cuda[:i]'."""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def flatten(config, prefix: str = "") -> dict[str, object]:
+    """Dotted field paths -> values, for the TensorBoard config table."""
+    out: dict[str, object] = {}
+    for f in fields(config):
+        value = getattr(config, f.name)
+        key = f"{prefix}{f.name}"
+        if is_dataclass(value):
+            out.update(flatten(value, key + "."))
+        else:
+            out[key] = value
+    return out
+
+
+def validate(cfg: RunConfig) -> list[str]:
+    """Every problem of the config, each naming the field and its value."""
+    problems = cfg.model.validate() + cfg.objective.validate() + cfg.optim.validate()
+    if cfg.pretrain.updates < 0:
+        problems.append(f"pretrain.updates={cfg.pretrain.updates} must be >= 0")
+    for name in ("log_every", "checkpoint_every"):
+        if getattr(cfg.pretrain, name) < 1:
+            problems.append(f"pretrain.{name}={getattr(cfg.pretrain, name)} must be >= 1")
+    if cfg.pretrain.eval_every < 0:
+        problems.append(f"pretrain.eval_every={cfg.pretrain.eval_every} must be >= 0")
+    if cfg.eval.episodes < 1:
+        problems.append(f"eval.episodes={cfg.eval.episodes} must be >= 1")
+    if not 1 <= cfg.eval.context_len <= cfg.model.context_len:
+        problems.append(
+            f"eval.context_len={cfg.eval.context_len} must lie in [1, model.context_len="
+            f"{cfg.model.context_len}]"
+        )
+    if cfg.data.collect_episodes < 1:
+        problems.append(f"data.collect_episodes={cfg.data.collect_episodes} must be >= 1")
+    if cfg.data.collect_num_envs < 1:
+        problems.append(f"data.collect_num_envs={cfg.data.collect_num_envs} must be >= 1")
+    if cfg.data.collect_noise < 0:
+        problems.append(f"data.collect_noise={cfg.data.collect_noise} must be >= 0")
+    if cfg.device != "auto" and not (cfg.device == "cpu" or cfg.device.startswith("cuda")):
+        problems.append(f"device={cfg.device!r} must be 'auto', 'cpu' or 'cuda[:i]'")
+    return problems
+
+
+# ---- presets ---------------------------------------------------------------------
+
+
+def quickstart() -> RunConfig:
+    """InvertedPendulum-v4 from a noisy scripted controller; a small model, minutes on CPU."""
+    return RunConfig(
+        name="quickstart",
+        env=EnvConfig(env_id="InvertedPendulum-v4"),
+        model=ModelConfig(
+            state_dim=4, act_dim=1, context_len=10, embed_dim=64, n_layer=2, n_head=2,
+            ffn_dim=256, dropout=0.0, return_scale=0.001,
+        ),
+        optim=OptimConfig(lr=1e-3, weight_decay=1e-4, warmup_steps=200, batch_size=64),
+        data=DataConfig(
+            collect_policy="scripted", collect_noise=0.3, collect_episodes=100,
+            collect_num_envs=20,
+        ),
+        pretrain=PretrainConfig(updates=1500, log_every=50, eval_every=500, checkpoint_every=500),
+        eval=EvalConfig(episodes=10, target_return=1000.0, context_len=5),
+        online_target_return=1000.0,
+    )
+
+
+# Per robot: envpool id, observation and action sizes, and ODT's hyperparameters
+# (lr, weight decay, pretraining updates, evaluation / online targets).
+_D4RL_ROBOTS = {
+    "hopper": ("Hopper-v4", 11, 3, 1e-4, 5e-4, 5000, 3600.0, 7200.0),
+    "halfcheetah": ("HalfCheetah-v4", 17, 6, 1e-4, 5e-4, 5000, 6000.0, 12000.0),
+    "walker2d": ("Walker2d-v4", 17, 6, 1e-3, 1e-3, 10000, 5000.0, 10000.0),
+    "ant": ("Ant-v3", 111, 8, 1e-4, 1e-4, 5000, 5000.0, 10000.0),
+}
+_D4RL_SPLITS = ("random", "medium", "medium-replay")
+
+
+def d4rl_file(robot: str, split: str) -> Path:
+    """Where a D4RL v2 file is looked for: $D4RL_DATASET_DIR, else ~/.d4rl/datasets."""
+    root = Path(os.environ.get("D4RL_DATASET_DIR", Path.home() / ".d4rl" / "datasets"))
+    return root / f"{robot}_{split.replace('-', '_')}-v2.hdf5"
+
+
+def d4rl_preset(robot: str, split: str) -> RunConfig:
+    env_id, obs, act, lr, wd, updates, eval_rtg, online_rtg = _D4RL_ROBOTS[robot]
+    path = d4rl_file(robot, split)
+    record = split == "random" and not path.exists()
+    return RunConfig(
+        name=f"{robot}-{split}",
+        env=EnvConfig(env_id=env_id, task_id=f"{robot}-{split}-v2"),
+        model=ModelConfig(state_dim=obs, act_dim=act),
+        objective=ObjectiveConfig(critic=CriticConfig()),
+        optim=OptimConfig(lr=lr, weight_decay=wd),
+        data=DataConfig(
+            path=None if record else str(path), collect_policy="random",
+            collect_episodes=1000, collect_num_envs=50,
+        ),
+        pretrain=PretrainConfig(updates=updates),
+        eval=EvalConfig(target_return=eval_rtg),
+        online_target_return=online_rtg,
+    )
+
+
+PRESETS = {"quickstart": quickstart}
+for _robot in _D4RL_ROBOTS:
+    for _split in _D4RL_SPLITS:
+        PRESETS[f"{_robot}-{_split}"] = (lambda r=_robot, s=_split: d4rl_preset(r, s))
+
+
+def get_preset(name: str) -> RunConfig:
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose one of: {', '.join(sorted(PRESETS))}")
+    return PRESETS[name]()

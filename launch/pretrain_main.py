@@ -1,0 +1,30 @@
+"""`python -m learner.pretrain`: pretrain offline from a dataset file or folder."""
+
+from __future__ import annotations
+
+from absl import flags
+
+from launch.flags import define_run_flags, new_run_dir, resolve_config, run_main
+
+define_run_flags()
+
+
+def main(argv) -> None:
+    del argv
+    from launch.pipeline import obtain_dataset, save_config
+    from learner.pretrain import pretrain
+
+    FLAGS = flags.FLAGS
+    cfg = resolve_config()
+    run_dir = new_run_dir(FLAGS.logdir, cfg.name)
+    save_config(run_dir, cfg)
+    dataset = obtain_dataset(cfg, run_dir)
+    result = pretrain(cfg, dataset, run_dir, progress=True)
+    print(f"pretrained {result.updates} updates at {result.updates_per_s:.1f} updates/s; "
+          f"evaluation return {result.eval_return:.1f}")
+    print(f"checkpoint: {result.checkpoint}")
+    print(f"tensorboard --logdir {run_dir}")
+
+
+def run() -> None:
+    run_main(main)

@@ -1,0 +1,157 @@
+"""Offline pretraining: the learner reading windows from an in-memory sampler.
+
+Writes under `<logdir>/pretrain/`: TensorBoard events (the resolved config as a
+table at step 0; loss/*, policy/*, throughput/updates_per_s, eval/*) and
+`checkpoint.pt` (every `checkpoint_every` updates and at the end).
+
+    python -m learner.pretrain --preset=quickstart --dataset=data/pendulum --logdir=runs/qs
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from learner.checkpoint import learner_payload, save_checkpoint
+from learner.learner import Learner
+from learner.tensorboard import SummaryWriter, markdown_table
+from replay.datasets import OfflineDataset, check_against_env
+from replay.offline import OfflineSampler, flatten_episodes, state_statistics
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def to_device(batch: dict[str, np.ndarray], device: torch.device) -> dict[str, torch.Tensor]:
+    """numpy windows -> tensors; integer timesteps become int64 for the embedding."""
+    out = {}
+    for key, value in batch.items():
+        tensor = torch.from_numpy(value)
+        if key == "timesteps":
+            tensor = tensor.long()
+        out[key] = tensor.to(device, non_blocking=True)
+    return out
+
+
+@dataclass
+class PretrainResult:
+    checkpoint: Path
+    updates: int
+    updates_per_s: float
+    eval_return: float | None
+    eval_normalized: float | None
+    metrics: dict[str, float]
+
+
+def pretrain(cfg, dataset: OfflineDataset, logdir: str | Path, *, progress: bool = False,
+             evaluate_fn=None) -> PretrainResult:
+    """Pretrain per `cfg` (a launch.presets.RunConfig) on `dataset`.
+
+    `evaluate_fn(model, cfg) -> EvalResult` runs the periodic evaluation; the
+    default evaluates on envpool with cfg.eval.
+    """
+    from actors.envs import env_spec
+    from launch.presets import flatten
+
+    if evaluate_fn is None:
+        evaluate_fn = evaluate_on_env
+    role_dir = Path(logdir) / "pretrain"
+    spec = env_spec(cfg.env.env_id)
+    check_against_env(
+        dataset,
+        observation_shape=spec.observation_shape,
+        action_shape=spec.action_shape,
+        action_low=spec.action_low,
+        action_high=spec.action_high,
+    )
+    device = resolve_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    steps = flatten_episodes(dataset.episodes, spec.action_box)
+    sampler = OfflineSampler(steps, cfg.model.context_len, cfg.optim.batch_size, seed=cfg.seed)
+    learner = Learner(cfg.model, cfg.objective, replace(cfg.optim, seed=cfg.seed), device)
+    learner.set_state_normalization(*state_statistics(dataset.episodes))
+
+    writer = SummaryWriter(role_dir)
+    writer.text("config", markdown_table(flatten(cfg)), step=0)
+    writer.scalars({
+        "dataset/episodes": len(dataset.episodes),
+        "dataset/steps": dataset.num_steps,
+        "dataset/mean_return": float(dataset.returns.mean()),
+    }, step=0)
+    checkpoint = role_dir / "checkpoint.pt"
+    extra = {"run_config": cfg.to_dict(), "dataset": dataset.source}
+
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=cfg.pretrain.updates, desc="pretraining", unit="upd")
+    metrics: dict[str, float] = {}
+    last_eval = None
+    start = window_start = time.perf_counter()
+    window_updates = 0
+    for update in range(1, cfg.pretrain.updates + 1):
+        out = learner.update(to_device(sampler.sample(), device), rl=False)
+        window_updates += 1
+        if update % cfg.pretrain.log_every == 0 or update == cfg.pretrain.updates:
+            metrics = {k: float(v) for k, v in out.items()}  # one host sync per log interval
+            now = time.perf_counter()
+            metrics["throughput/updates_per_s"] = window_updates / (now - window_start)
+            window_start, window_updates = now, 0
+            writer.scalars(metrics, update)
+            if bar is not None:
+                bar.set_postfix(loss=f"{metrics['loss/total']:.3f}")
+        every = cfg.pretrain.eval_every
+        if (every and update % every == 0) or update == cfg.pretrain.updates:
+            last_eval = evaluate_fn(learner.model, cfg)
+            scores = {"eval/return": last_eval.mean_return}
+            if last_eval.normalized_score is not None:
+                scores["eval/normalized_score"] = last_eval.normalized_score
+            writer.scalars(scores, update)
+            if bar is not None:
+                bar.write(f"update {update}: eval return {last_eval.mean_return:.1f}")
+        if update % cfg.pretrain.checkpoint_every == 0:
+            save_checkpoint(checkpoint, learner_payload(learner, updates=update, **extra))
+        if bar is not None:
+            bar.update(1)
+    elapsed = time.perf_counter() - start
+    if bar is not None:
+        bar.close()
+    save_checkpoint(checkpoint, learner_payload(learner, updates=learner.step, **extra))
+    writer.close()
+    return PretrainResult(
+        checkpoint=checkpoint,
+        updates=learner.step,
+        updates_per_s=learner.step / elapsed if elapsed > 0 else 0.0,
+        eval_return=None if last_eval is None else last_eval.mean_return,
+        eval_normalized=None if last_eval is None else last_eval.normalized_score,
+        metrics=metrics,
+    )
+
+
+def evaluate_on_env(model, cfg):
+    from actors.evaluate import evaluate
+
+    return evaluate(
+        model,
+        cfg.env.env_id,
+        episodes=cfg.eval.episodes,
+        target_return=cfg.eval.target_return,
+        context_len=cfg.eval.context_len,
+        seed=cfg.eval.seed,
+        task_id=cfg.env.task_id,
+        device=next(model.parameters()).device,
+    )
+
+
+if __name__ == "__main__":
+    from launch import pretrain_main
+
+    pretrain_main.run()
