@@ -300,7 +300,7 @@ def write_minari(
     minari.get_normalized_score works; give both or neither. Actions must lie in
     the declared action bounds. Refuses an existing non-empty folder.
     """
-    path = Path(path)
+    path = Path(path).absolute()  # minari resolves relative paths against its own root
     _refuse_non_empty_folder(path)
     episodes = list(episodes)
     obs_shape, act_shape = _check_episodes(path, episodes)
@@ -357,7 +357,7 @@ def write_d4rl(path: PathLike, episodes: Iterable[Episode], metadata: dict | Non
     the two exclusively). `metadata` values (str, int, float or bool) become scalar
     datasets under metadata/. Refuses to overwrite an existing file.
     """
-    path = Path(path)
+    path = Path(path).absolute()
     if path.exists():
         raise DatasetError(path, "already exists; refusing to overwrite it")
     episodes = list(episodes)

@@ -492,3 +492,23 @@ def test_normalized_scores():
     assert D4RL_REFERENCE_SCORES["walker2d-full-replay-v1"] == (1.629008, 4592.3)
     assert normalized_score("Hopper-v4", 3000.0) is None
     assert reference_scores("mujoco/hopper/medium-v0") is None
+
+
+def test_writers_accept_relative_paths(tmp_path, monkeypatch):
+    """Paths relative to the working directory work for both writers."""
+    monkeypatch.chdir(tmp_path)
+    rng = np.random.default_rng(0)
+    episode = Episode(
+        observations=rng.normal(size=(4, 3)).astype(np.float32),
+        actions=rng.uniform(-1, 1, size=(3, 2)).astype(np.float32),
+        rewards=np.ones(3, np.float32),
+        terminated=True,
+        truncated=False,
+    )
+    folder = write_minari(Path("runs") / "x" / "dataset", [episode], dataset_id="tests/relative-v0",
+                          observation_low=-np.inf, observation_high=np.inf,
+                          action_low=-1.0, action_high=1.0)
+    assert len(load_minari(folder).episodes) == 1
+    assert (tmp_path / "runs" / "x" / "dataset" / "metadata.json").is_file()
+    file = write_d4rl(Path("rel.hdf5"), [episode])
+    assert len(load_d4rl(file).episodes) == 1
