@@ -63,6 +63,44 @@ class EvalConfig:
 
 
 @dataclass(frozen=True)
+class ReplayConfig:
+    capacity_trajectories: int = 1000
+    """Replay capacity in trajectories (ODT: 1000); held as windows, sized with the
+    environment's episode limit (a bound on what that many trajectories can fill)."""
+    preload_trajectories: int = 1000
+    """Top-N offline trajectories by return preloaded, inserted worst first (ODT: capacity)."""
+    updates_per_env_step: float = 0.3
+    """Learner updates per environment step (ODT: 300 updates per ~1000-step episode)."""
+    tolerance_steps: float = 1000.0
+    """Slack of the sample-to-insert ratio, in environment steps, either way."""
+    port: int = 0
+    """Port of the replay server; 0 picks a free one (local runs)."""
+
+
+@dataclass(frozen=True)
+class ActorConfig:
+    num_actors: int = 2
+    envs_per_actor: int = 4
+    """Environments per actor process, acted for with one batched forward pass."""
+    exploration_noise: float = 0.1
+    """Std of the Gaussian noise on ODT+TD3's deterministic actions (vitamin paper: 0.1)."""
+    params_interval_s: float = 1.0
+    """How often actors look for newer weights."""
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    env_steps: int = 200_000
+    """Online budget in environment steps (ODT reports 200k)."""
+    publish_every: int = 50
+    """Learner updates between weight publications."""
+    log_every: int = 100
+    checkpoint_every: int = 5000
+    eval_every_env_steps: int = 10_000
+    """The evaluator runs every this many environment steps."""
+
+
+@dataclass(frozen=True)
 class RunConfig:
     name: str
     env: EnvConfig
@@ -72,6 +110,9 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    replay: ReplayConfig = field(default_factory=ReplayConfig)
+    actor: ActorConfig = field(default_factory=ActorConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     online_target_return: float = 7200.0
     """Exploration target while fine-tuning (ODT: twice the evaluation target)."""
     seed: int = 0
@@ -118,6 +159,30 @@ def validate(cfg: RunConfig) -> list[str]:
         problems.append(f"data.collect_num_envs={cfg.data.collect_num_envs} must be >= 1")
     if cfg.data.collect_noise < 0:
         problems.append(f"data.collect_noise={cfg.data.collect_noise} must be >= 0")
+    for name in ("capacity_trajectories", "preload_trajectories"):
+        if getattr(cfg.replay, name) < 0:
+            problems.append(f"replay.{name}={getattr(cfg.replay, name)} must be >= 0")
+    if cfg.replay.capacity_trajectories < 1:
+        problems.append(
+            f"replay.capacity_trajectories={cfg.replay.capacity_trajectories} must be >= 1"
+        )
+    if cfg.replay.updates_per_env_step <= 0:
+        problems.append(
+            f"replay.updates_per_env_step={cfg.replay.updates_per_env_step} must be > 0"
+        )
+    if cfg.replay.tolerance_steps < 1:
+        problems.append(f"replay.tolerance_steps={cfg.replay.tolerance_steps} must be >= 1")
+    if not 0 <= cfg.replay.port < 65536:
+        problems.append(f"replay.port={cfg.replay.port} must lie in [0, 65535]")
+    for name in ("num_actors", "envs_per_actor"):
+        if getattr(cfg.actor, name) < 1:
+            problems.append(f"actor.{name}={getattr(cfg.actor, name)} must be >= 1")
+    if cfg.actor.exploration_noise < 0:
+        problems.append(f"actor.exploration_noise={cfg.actor.exploration_noise} must be >= 0")
+    for name in ("env_steps", "publish_every", "log_every", "checkpoint_every",
+                 "eval_every_env_steps"):
+        if getattr(cfg.finetune, name) < 1:
+            problems.append(f"finetune.{name}={getattr(cfg.finetune, name)} must be >= 1")
     if cfg.device != "auto" and not (cfg.device == "cpu" or cfg.device.startswith("cuda")):
         problems.append(f"device={cfg.device!r} must be 'auto', 'cpu' or 'cuda[:i]'")
     return problems

@@ -1,0 +1,130 @@
+"""Online fine-tuning: the learner consuming windows from replay and publishing weights.
+
+The loop takes its collaborators explicitly: an iterator of numpy window batches
+(the Reverb dataset in a real run), a `publish(step, arrays)` function, a
+`counters()` function giving replay counts and environment steps, a TensorBoard
+writer and a stop predicate. It never waits on actors except through the batch
+iterator, which the replay rate limiter holds back.
+
+Logs loss/*, policy/*, replay/* (size, inserts, samples, env_steps),
+throughput/updates_per_s and throughput/sample_wait_fraction (the share of wall
+time spent waiting for the next batch).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+
+from learner.checkpoint import (
+    CheckpointError,
+    convert_policy_head,
+    learner_payload,
+    model_config_from,
+    save_checkpoint,
+)
+from learner.learner import Learner
+from learner.pretrain import to_device
+
+
+def learner_from_checkpoint(payload: dict, objective, optim, device) -> Learner:
+    """A Learner starting from a pretrained (or earlier fine-tuned) checkpoint.
+
+    Same objective: the whole learner state (optimizers, warm-up schedule, temperature)
+    continues. Another objective: the model weights carry over (a Gaussian head's mu
+    becomes the deterministic head), optimizers start fresh and the warm-up schedule
+    continues from the checkpoint's update count.
+    """
+    model_cfg = model_config_from(payload)
+    learner = Learner(model_cfg, objective, optim, device)
+    state = payload["learner"]
+    if payload["objective"]["kind"] == objective.kind:
+        learner.load_state_dict(state)
+        return learner
+    model_state = convert_policy_head(state["model"], learner.model_cfg.policy)
+    try:
+        learner.model.load_state_dict(model_state)
+    except RuntimeError as exc:
+        raise CheckpointError(f"checkpoint weights do not fit the model ({exc})") from exc
+    learner.set_state_normalization(learner.model.state_mean, learner.model.state_std)
+    learner.step = int(state["step"])
+    learner.scheduler.last_epoch = learner.step
+    for group, base in zip(learner.optimizer.param_groups, learner.scheduler.base_lrs):
+        group["lr"] = base * min((learner.step + 1) / max(optim.warmup_steps, 1), 1.0)
+    return learner
+
+
+def weights_as_arrays(model: torch.nn.Module) -> dict[str, np.ndarray]:
+    """The model's state as float32 numpy arrays (a device-to-host copy)."""
+    return {k: v.detach().float().cpu().numpy() for k, v in model.state_dict().items()}
+
+
+@dataclass
+class FinetuneStats:
+    updates: int
+    seconds: float
+    wait_seconds: float
+
+    @property
+    def updates_per_s(self) -> float:
+        return self.updates / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def sample_wait_fraction(self) -> float:
+        return self.wait_seconds / self.seconds if self.seconds > 0 else 0.0
+
+
+def finetune_loop(
+    learner: Learner,
+    batches: Iterator[dict[str, np.ndarray]],
+    *,
+    publish: Callable[[int, dict[str, np.ndarray]], None],
+    counters: Callable[[], dict[str, float]],
+    writer,
+    should_stop: Callable[[], bool],
+    publish_every: int,
+    log_every: int,
+    checkpoint_every: int,
+    checkpoint: Callable[[], None],
+) -> FinetuneStats:
+    """Update until `should_stop()` or the batches run out; returns throughput figures."""
+    device = learner.device
+    publish(learner.step, weights_as_arrays(learner.model))
+    start = window_start = time.perf_counter()
+    wait = window_wait = 0.0
+    updates = window_updates = 0
+    while not should_stop():
+        t0 = time.perf_counter()
+        batch = next(batches, None)
+        waited = time.perf_counter() - t0
+        wait += waited
+        window_wait += waited
+        if batch is None:
+            break
+        metrics = learner.update(to_device(batch, device))
+        updates += 1
+        window_updates += 1
+        if learner.step % publish_every == 0:
+            publish(learner.step, weights_as_arrays(learner.model))
+        if learner.step % log_every == 0:
+            now = time.perf_counter()
+            values = {k: float(v) for k, v in metrics.items()}  # one host sync per interval
+            values["throughput/updates_per_s"] = window_updates / (now - window_start)
+            values["throughput/sample_wait_fraction"] = window_wait / (now - window_start)
+            values.update({f"replay/{k}": v for k, v in counters().items()})
+            writer.scalars(values, learner.step)
+            window_start, window_wait, window_updates = now, 0.0, 0
+        if learner.step % checkpoint_every == 0:
+            checkpoint()
+    publish(learner.step, weights_as_arrays(learner.model))
+    return FinetuneStats(updates, time.perf_counter() - start, wait)
+
+
+def save_learner(path: Path, learner: Learner, **extra) -> Path:
+    return save_checkpoint(path, learner_payload(learner, updates=learner.step, **extra))
+

@@ -1,0 +1,109 @@
+"""The actor loop on real envpool environments, with an in-memory episode sink."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from actors.actor import Actor
+from actors.context import BatchedPolicy
+from actors.envs import VectorEnv
+from models import DecisionTransformer, ModelConfig
+from replay.windows import FlatSteps
+
+ENV = "InvertedPendulum-v4"
+
+
+class RecordingSink:
+    def __init__(self):
+        self.episodes: list[FlatSteps] = []
+
+    def write(self, steps: FlatSteps) -> int:
+        self.episodes.append(steps)
+        return len(steps)
+
+
+class OneShotParams:
+    """Hands out one payload at a chosen poll, like a puller that saw new weights."""
+
+    def __init__(self, arrays, step: int, at_poll: int):
+        self.arrays, self.step, self.at_poll, self.polls = arrays, step, at_poll, 0
+
+    def poll(self):
+        self.polls += 1
+        return (self.step, self.arrays) if self.polls == self.at_poll else None
+
+
+def tiny_model(seed: int = 0, policy: str = "gaussian") -> DecisionTransformer:
+    torch.manual_seed(seed)
+    cfg = ModelConfig(state_dim=4, act_dim=1, context_len=5, embed_dim=16, n_layer=1, n_head=1,
+                      ffn_dim=32, dropout=0.0, policy=policy)
+    return DecisionTransformer(cfg).eval()
+
+
+def make_actor(sink, model=None, params=None, mode="sample", num_envs=4, seed=0):
+    model = model or tiny_model()
+    env = VectorEnv(ENV, num_envs, seed)
+    policy = BatchedPolicy(model, mode=mode, noise_std=0.3, seed=seed)
+    load = (lambda arrays: model.load_state_dict({k: torch.from_numpy(v) for k, v in arrays.items()}))
+    return Actor(env, policy, sink, target_return=1000.0, context_len=5, params=params,
+                 load_weights=load), env
+
+
+def test_written_episodes_are_real_transitions_only():
+    """Every written step is a real transition: the auto-reset step is never written."""
+    sink = RecordingSink()
+    actor, env = make_actor(sink)
+    stats = actor.run(lambda: False, max_env_steps=600)
+    env.close()
+    assert sink.episodes, "random-ish policy on InvertedPendulum ends episodes quickly"
+    for steps in sink.episodes:
+        np.testing.assert_array_equal(steps.timesteps, np.arange(len(steps)))
+        # A reset step would carry reward 0; InvertedPendulum pays +1 per real step.
+        assert np.all(steps.rewards == 1.0)
+        assert steps.terminated[-1] == 1.0 and steps.terminated[:-1].sum() == 0
+        np.testing.assert_array_equal(steps.next_observations[:-1], steps.observations[1:])
+        # hindsight return-to-go: the rewards actually achieved
+        np.testing.assert_allclose(steps.returns_to_go, np.arange(len(steps), 0, -1))
+        assert np.all(np.abs(steps.actions) <= 1.0)
+    written = sum(len(s) for s in sink.episodes)
+    assert written <= stats.env_steps
+    assert stats.episodes == len(sink.episodes)
+    assert stats.episode_returns == [float(len(s)) for s in sink.episodes]
+
+
+def test_episodes_match_a_separately_stepped_environment():
+    """The first episode of env 0 replays exactly on a fresh env with its recorded actions."""
+    sink = RecordingSink()
+    actor, env = make_actor(sink, num_envs=1, seed=5)
+    actor.run(lambda: False, max_env_steps=200)
+    env.close()
+    first = sink.episodes[0]
+    replay = VectorEnv(ENV, 1, 5)
+    obs = replay.reset()
+    np.testing.assert_allclose(obs[0], first.observations[0], rtol=0, atol=0)
+    for t in range(len(first)):
+        result = replay.step(first.actions[t : t + 1])
+        np.testing.assert_allclose(result.observations[0], first.next_observations[t], atol=1e-6)
+    assert result.terminated[0]
+    replay.close()
+
+
+def test_new_weights_are_swapped_in_and_change_actions():
+    """Weights from the params source replace the actor's and change what it does."""
+    sink = RecordingSink()
+    model = tiny_model(seed=0, policy="deterministic")
+    other = tiny_model(seed=1, policy="deterministic")
+    arrays = {k: v.numpy().copy() for k, v in other.state_dict().items()}
+    params = OneShotParams(arrays, step=7, at_poll=3)
+    actor, env = make_actor(sink, model=model, params=params, mode="mean")
+    actor.run(lambda: False, max_env_steps=40)
+    env.close()
+    assert actor.stats.weights_step == 7
+    for name, value in model.state_dict().items():
+        np.testing.assert_array_equal(value.numpy(), arrays[name])
+    after = actor.policy.act(actor.ctx)
+    expected = BatchedPolicy(other, mode="mean").act(actor.ctx)
+    np.testing.assert_allclose(after, expected, atol=1e-6)
+    original = BatchedPolicy(tiny_model(seed=0, policy="deterministic"), mode="mean")
+    assert not np.allclose(after, original.act(actor.ctx), atol=1e-4)
