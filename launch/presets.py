@@ -192,7 +192,11 @@ def validate(cfg: RunConfig) -> list[str]:
 
 
 def quickstart() -> RunConfig:
-    """InvertedPendulum-v4 from a noisy scripted controller; a small model, minutes on CPU."""
+    """InvertedPendulum-v4 from random-policy data; a small model, minutes on CPU.
+
+    The dataset is low quality on purpose (random actions balance for ~7 steps of
+    1000), the case where ODT+TD3's critic gradient matters (Yan et al. 2024).
+    """
     return RunConfig(
         name="quickstart",
         env=EnvConfig(env_id="InvertedPendulum-v4"),
@@ -201,12 +205,14 @@ def quickstart() -> RunConfig:
             ffn_dim=256, dropout=0.0, return_scale=0.001,
         ),
         optim=OptimConfig(lr=1e-3, weight_decay=1e-4, warmup_steps=200, batch_size=64),
-        data=DataConfig(
-            collect_policy="scripted", collect_noise=0.3, collect_episodes=100,
-            collect_num_envs=20,
-        ),
-        pretrain=PretrainConfig(updates=1500, log_every=50, eval_every=500, checkpoint_every=500),
+        objective=ObjectiveConfig(kind="odt_td3"),
+        data=DataConfig(collect_policy="random", collect_episodes=300, collect_num_envs=20),
+        pretrain=PretrainConfig(updates=500, log_every=50, eval_every=250, checkpoint_every=250),
         eval=EvalConfig(episodes=10, target_return=1000.0, context_len=5),
+        replay=ReplayConfig(updates_per_env_step=0.3, tolerance_steps=1000.0),
+        actor=ActorConfig(num_actors=2, envs_per_actor=4),
+        finetune=FinetuneConfig(env_steps=6000, publish_every=25, log_every=50,
+                                checkpoint_every=1000, eval_every_env_steps=1500),
         online_target_return=1000.0,
     )
 

@@ -33,6 +33,8 @@ def to_device(batch: dict[str, np.ndarray], device: torch.device) -> dict[str, t
     """numpy windows -> tensors; integer timesteps become int64 for the embedding."""
     out = {}
     for key, value in batch.items():
+        if not value.flags.writeable:  # Reverb hands out read-only arrays
+            value = value.copy()
         tensor = torch.from_numpy(value)
         if key == "timesteps":
             tensor = tensor.long()

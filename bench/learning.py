@@ -1,0 +1,84 @@
+"""Learning comparison: ODT vs ODT+TD3 fine-tuned from one low-quality pretrained policy.
+
+On the quickstart preset: one random-policy dataset; per seed, one Gaussian-head
+pretraining (ODT's objective), then two local fine-tuning runs from that same
+checkpoint, one per objective, with the same env-step budget. Prints one JSON object
+with per-seed returns and the medians.
+
+    python -m bench.learning --seeds=0,1,2 [--env_steps=6000] [--out=runs/learning]
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from absl import flags
+
+from launch.flags import run_main
+
+flags.DEFINE_string("seeds", "0,1,2", "Comma-separated seeds.")
+flags.DEFINE_integer("env_steps", None, "Online budget per run; default: the preset's.")
+flags.DEFINE_string("out", "runs/learning", "Folder for the runs (must not exist).")
+flags.DEFINE_string("preset", "quickstart", "Preset.")
+
+
+def main(argv) -> None:
+    del argv
+    from launch.local import run_local
+    from launch.pipeline import obtain_dataset, save_config
+    from launch.presets import get_preset
+    from learner.pretrain import pretrain
+
+    FLAGS = flags.FLAGS
+    out = Path(FLAGS.out)
+    if out.exists():
+        raise FileExistsError(f"--out={out} already exists")
+    out.mkdir(parents=True)
+    base = get_preset(FLAGS.preset)
+    if FLAGS.env_steps is not None:
+        base = replace(base, finetune=replace(base.finetune, env_steps=FLAGS.env_steps))
+    dataset = obtain_dataset(base, out, progress=False)
+    results = []
+    for seed in [int(s) for s in FLAGS.seeds.split(",")]:
+        cfg = replace(base, seed=seed, objective=replace(base.objective, kind="odt"))
+        pre_dir = out / f"pretrain-seed{seed}"
+        pre_dir.mkdir()
+        pre = pretrain(cfg, dataset, pre_dir)
+        row = {"seed": seed, "pretrained_return": pre.eval_return}
+        for kind in ("odt", "odt_td3"):
+            run_cfg = replace(cfg, objective=replace(cfg.objective, kind=kind))
+            run_dir = out / f"{kind}-seed{seed}"
+            run_dir.mkdir()
+            save_config(run_dir, run_cfg)
+            start = time.perf_counter()
+            summary = run_local(run_cfg, pre.checkpoint, run_dir, dataset_path=dataset.source,
+                                status=False)
+            row[f"{kind}_return"] = summary.final_return
+            row[f"{kind}_env_steps"] = summary.env_steps
+            row[f"{kind}_updates"] = summary.updates
+            row[f"{kind}_seconds"] = round(time.perf_counter() - start, 1)
+        results.append(row)
+        print(json.dumps(row), flush=True)
+    median = {
+        key: statistics.median(r[key] for r in results)
+        for key in ("pretrained_return", "odt_return", "odt_td3_return")
+    }
+    print(json.dumps({
+        "benchmark": "learning",
+        "preset": base.name,
+        "env_id": base.env.env_id,
+        "dataset": {"policy": base.data.collect_policy, "episodes": len(dataset.episodes),
+                    "mean_return": float(dataset.returns.mean())},
+        "env_steps": base.finetune.env_steps,
+        "updates_per_env_step": base.replay.updates_per_env_step,
+        "median": median,
+        "runs": results,
+    }))
+
+
+if __name__ == "__main__":
+    run_main(main)

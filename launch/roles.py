@@ -1,0 +1,266 @@
+"""The process roles of a fine-tuning run: replay, learner, actor, evaluator.
+
+Each `*_role` function is the body of one OS process (started with `spawn`); they
+talk only through the Reverb server at `address` (experience in, weights out), so
+the same functions run on one host or on many. Stopping is cooperative: each role
+watches its `stop` event and finishes what it is doing (the learner writes a final
+checkpoint and publishes its last weights).
+
+reverb (and TensorFlow) are imported before torch, as both are used here.
+"""
+
+from __future__ import annotations
+
+# isort: off
+from replay import _reverb  # noqa: F401  (reverb/TF before torch)
+from replay.params import ParamsPuller, publish_params
+from replay.stream import window_batches
+from replay.tables import EXPERIENCE_TABLE, ReplaySpec, start_server, table_counts
+from replay.writer import EpisodeWriter
+
+# isort: on
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from learner.tensorboard import SummaryWriter, markdown_table
+from replay.windows import ActionBox
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    run_dir: str
+    checkpoint: str
+    """The pretrained (or earlier) checkpoint every role starts from."""
+
+    def role_dir(self, role: str) -> Path:
+        return Path(self.run_dir) / role
+
+    @property
+    def learner_checkpoint(self) -> Path:
+        return self.role_dir("learner") / "checkpoint.pt"
+
+
+def replay_spec(cfg, observation_shape, action_shape, max_episode_steps: int,
+                preload_items: int = 0) -> ReplaySpec:
+    return ReplaySpec(
+        observation_shape=tuple(observation_shape),
+        action_shape=tuple(action_shape),
+        context_len=cfg.model.context_len,
+        capacity_items=max(cfg.replay.capacity_trajectories * max_episode_steps, preload_items, 1),
+        samples_per_insert=cfg.replay.updates_per_env_step * cfg.optim.batch_size,
+        tolerance_steps=cfg.replay.tolerance_steps,
+        preload_items=preload_items,
+    )
+
+
+def _sleep_until(stop, seconds: float) -> None:
+    stop.wait(seconds)
+
+
+# ---- replay ----------------------------------------------------------------------
+
+
+def replay_role(cfg, env_info: dict, dataset_path: str | None, port: int, ready, stop) -> None:
+    """Serve the experience and params tables until `stop`; preload top-N offline episodes.
+
+    Puts (port, preload_items) on the `ready` queue once the preload is in.
+    """
+    from replay.datasets import load_dataset
+    from replay.offline import flatten_episodes, top_episodes
+
+    box = ActionBox.from_bounds(env_info["action_low"], env_info["action_high"])
+    preload = []
+    if dataset_path is not None and cfg.replay.preload_trajectories > 0:
+        episodes = load_dataset(dataset_path).episodes
+        best = top_episodes(episodes, min(cfg.replay.preload_trajectories,
+                                          cfg.replay.capacity_trajectories))
+        preload = [flatten_episodes([ep], box) for ep in best if ep.length > 0]
+    spec = replay_spec(cfg, env_info["observation_shape"], env_info["action_shape"],
+                       env_info["max_episode_steps"], sum(len(p) for p in preload))
+    server = start_server(spec, port=port or None)
+    try:
+        writer = EpisodeWriter(server.localhost_client(), spec)
+        for steps in preload:  # ascending return: FIFO evicts the worst first
+            writer.write(steps)
+        writer.close()
+        ready.put((server.port, spec.preload_items))
+        while not stop.is_set():
+            _sleep_until(stop, 0.5)
+    finally:
+        server.stop()
+
+
+# ---- learner ---------------------------------------------------------------------
+
+
+def _batches_until(address, spec, batch_size, stop):
+    """Window batches; the dataset ends after 1 s without samples, so `stop` is seen."""
+    while not stop.is_set():
+        yield from window_batches(address, spec, batch_size, rate_limiter_timeout_ms=1000)
+
+
+def learner_role(cfg, paths: RunPaths, address: str, spec: ReplaySpec, stop) -> None:
+    from launch.presets import flatten
+    from learner.checkpoint import load_checkpoint
+    from learner.finetune import finetune_loop, learner_from_checkpoint, save_learner
+    from learner.pretrain import resolve_device
+
+    torch.manual_seed(cfg.seed)
+    device = resolve_device(cfg.device)
+    payload = load_checkpoint(paths.checkpoint, map_location=device)
+    learner = learner_from_checkpoint(payload, cfg.objective, cfg.optim, device)
+    import reverb  # the client lives in this process
+
+    client = reverb.Client(address)
+    writer = SummaryWriter(paths.role_dir("learner"))
+    writer.text("config", markdown_table(flatten(cfg)), step=learner.step)
+
+    def counters():
+        counts = table_counts(client, EXPERIENCE_TABLE)
+        counts["env_steps"] = counts["inserts"] - spec.preload_items
+        return counts
+
+    def checkpoint():
+        save_learner(paths.learner_checkpoint, learner, run_config=cfg.to_dict(),
+                     env_steps=int(counters()["env_steps"]))
+
+    stats = finetune_loop(
+        learner,
+        iter(_batches_until(address, spec, cfg.optim.batch_size, stop)),
+        publish=lambda step, arrays: publish_params(client, arrays, step),
+        counters=counters,
+        writer=writer,
+        should_stop=stop.is_set,
+        publish_every=cfg.finetune.publish_every,
+        log_every=cfg.finetune.log_every,
+        checkpoint_every=cfg.finetune.checkpoint_every,
+        checkpoint=checkpoint,
+    )
+    checkpoint()
+    writer.scalars({"throughput/run_updates_per_s": stats.updates_per_s,
+                    "throughput/run_sample_wait_fraction": stats.sample_wait_fraction},
+                   learner.step)
+    writer.close()
+
+
+# ---- actor -----------------------------------------------------------------------
+
+
+def policy_from_checkpoint(cfg, checkpoint: str):
+    """The acting model: the checkpoint's weights with the objective's head."""
+    from learner.checkpoint import convert_policy_head, load_checkpoint, model_config_from
+    from models import DecisionTransformer
+
+    payload = load_checkpoint(checkpoint)
+    model_cfg = model_config_from(payload)
+    from dataclasses import replace
+
+    model_cfg = replace(model_cfg, policy=cfg.objective.policy)
+    model = DecisionTransformer(model_cfg)
+    model.load_state_dict(convert_policy_head(payload["learner"]["model"], model_cfg.policy))
+    return model.eval()
+
+
+def expected_params(model) -> dict:
+    return {k: (tuple(v.shape), np.dtype(np.float32)) for k, v in model.state_dict().items()}
+
+
+def load_arrays(model, arrays: dict[str, np.ndarray]) -> None:
+    model.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in arrays.items()})
+
+
+def actor_role(actor_id: int, cfg, paths: RunPaths, address: str, spec: ReplaySpec,
+               stop) -> None:
+    from actors.actor import Actor
+    from actors.context import BatchedPolicy
+    from actors.envs import VectorEnv
+
+    torch.set_num_threads(1)
+    seed = cfg.seed * 10_000 + 100 + actor_id * cfg.actor.envs_per_actor
+    model = policy_from_checkpoint(cfg, paths.checkpoint)
+    mode = "sample" if cfg.objective.kind == "odt" else "noisy"
+    policy = BatchedPolicy(model, mode=mode, noise_std=cfg.actor.exploration_noise, seed=seed)
+    env = VectorEnv(cfg.env.env_id, cfg.actor.envs_per_actor, seed)
+    puller = ParamsPuller(address, expected_params(model), interval_s=cfg.actor.params_interval_s)
+    puller.start()
+    writer = SummaryWriter(paths.role_dir(f"actor_{actor_id}"))
+    sink = EpisodeWriter(address, spec)
+    started = time.perf_counter()
+
+    actor: Actor
+
+    def on_episode(ret: float, length: int, lag: int) -> None:
+        steps = actor.stats.env_steps
+        writer.scalars({
+            "actor/episode_return": ret,
+            "actor/episode_length": length,
+            "actor/policy_lag": lag,
+            "actor/env_steps_per_s": steps / max(time.perf_counter() - started, 1e-9),
+            "actor/params_rejected": puller.rejected,
+        }, steps)
+
+    actor = Actor(env, policy, sink, target_return=cfg.online_target_return,
+                  context_len=cfg.eval.context_len, params=puller,
+                  load_weights=lambda arrays: load_arrays(model, arrays), on_episode=on_episode)
+    try:
+        stats = actor.run(stop.is_set)
+        total = stats.inference_s + stats.env_s + stats.write_s
+        if stats.env_steps:
+            writer.scalars({
+                "actor/inference_ms_per_step": 1e3 * stats.inference_s / stats.env_steps,
+                "actor/env_ms_per_step": 1e3 * stats.env_s / stats.env_steps,
+                "actor/write_ms_per_step": 1e3 * stats.write_s / stats.env_steps,
+                "actor/busy_fraction": total / max(time.perf_counter() - started, 1e-9),
+            }, stats.env_steps)
+    finally:
+        puller.stop()
+        writer.close()
+        env.close()
+        sink.close()
+
+
+# ---- evaluator -------------------------------------------------------------------
+
+
+def evaluate_and_log(cfg, model, writer, env_steps: int, learner_step: int):
+    from actors.evaluate import evaluate
+
+    result = evaluate(model, cfg.env.env_id, episodes=cfg.eval.episodes,
+                      target_return=cfg.eval.target_return, context_len=cfg.eval.context_len,
+                      seed=cfg.eval.seed, task_id=cfg.env.task_id)
+    values = {"eval/return": result.mean_return, "eval/learner_step": learner_step}
+    if result.normalized_score is not None:
+        values["eval/normalized_score"] = result.normalized_score
+    writer.scalars(values, env_steps)
+    return result
+
+
+def evaluator_role(cfg, paths: RunPaths, address: str, spec: ReplaySpec, stop) -> None:
+    import reverb
+
+    torch.set_num_threads(1)
+    model = policy_from_checkpoint(cfg, paths.checkpoint)
+    client = reverb.Client(address)
+    puller = ParamsPuller(address, expected_params(model), interval_s=cfg.actor.params_interval_s)
+    puller.start()
+    writer = SummaryWriter(paths.role_dir("evaluator"))
+    learner_step = -1
+    next_eval = 0
+    try:
+        while not stop.is_set():
+            newest = puller.poll()
+            if newest is not None:
+                learner_step, arrays = newest
+                load_arrays(model, arrays)
+            env_steps = table_counts(client, EXPERIENCE_TABLE)["inserts"] - spec.preload_items
+            if env_steps >= next_eval:
+                evaluate_and_log(cfg, model, writer, env_steps, learner_step)
+                next_eval = env_steps + cfg.finetune.eval_every_env_steps
+            _sleep_until(stop, 0.5)
+    finally:
+        puller.stop()
+        writer.close()

@@ -1,0 +1,57 @@
+"""Batches of windows from the experience table, for the learner.
+
+`reverb.TrajectoryDataset` samples in C++ worker threads and batches in tf.data, so
+the learner's Python loop only receives finished numpy batches. Each batch is a
+dict of WINDOW_COLUMNS arrays with leading shape (batch_size, K).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+
+from replay._reverb import reverb, tf
+from replay.tables import EXPERIENCE_TABLE, ReplaySpec
+from replay.windows import window_shapes
+
+
+def window_batches(
+    address: str,
+    spec: ReplaySpec,
+    batch_size: int,
+    *,
+    table: str = EXPERIENCE_TABLE,
+    max_in_flight_samples_per_worker: int | None = None,
+    num_workers: int = 1,
+    prefetch: int = 2,
+    rate_limiter_timeout_ms: int = -1,
+) -> Iterator[dict[str, np.ndarray]]:
+    """Yield batches of `batch_size` windows sampled from `table` at `address`.
+
+    max_in_flight_samples_per_worker: samples each worker requests ahead
+        (default 2 * batch_size, Reverb's rule of thumb). These, and the `prefetch`
+        batches, are taken from the table (and counted by its rate limiter) before
+        the learner uses them.
+    num_workers: sampler threads; keep 1 unless one cannot keep up.
+    rate_limiter_timeout_ms: -1 waits for the rate limiter forever; >= 0 ends the
+        iteration the first time a sample waits that long (a partial batch is
+        dropped), so a caller can check for a stop request and start again.
+    """
+    if batch_size < 1:
+        raise ValueError(f"{batch_size=} must be >= 1")
+    if max_in_flight_samples_per_worker is None:
+        max_in_flight_samples_per_worker = 2 * batch_size
+    shapes = window_shapes(spec.context_len, spec.observation_shape, spec.action_shape)
+    dataset = reverb.TrajectoryDataset(
+        server_address=address,
+        table=table,
+        dtypes={name: tf.as_dtype(dtype) for name, (_, dtype) in shapes.items()},
+        shapes={name: tf.TensorShape(shape) for name, (shape, _) in shapes.items()},
+        max_in_flight_samples_per_worker=max_in_flight_samples_per_worker,
+        num_workers_per_iterator=num_workers,
+        rate_limiter_timeout_ms=rate_limiter_timeout_ms,
+    )
+    dataset = dataset.batch(batch_size, drop_remainder=True).prefetch(prefetch)
+    for sample in dataset.as_numpy_iterator():
+        yield sample.data

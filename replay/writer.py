@@ -1,0 +1,157 @@
+"""Finished episodes into the experience table, as overlapping K-step windows.
+
+Actors and the offline preload both write through `EpisodeWriter`, so online and
+offline windows are built the same way (DESIGN.md, "Experience format"). Each
+episode is appended step by step to a Reverb `TrajectoryWriter` after K-1 all-zero
+padding steps (mask 0), and one item is created per real step from the last K
+steps of history. The items share the appended chunks, so a step is stored once
+however many windows contain it, and a sampled window equals
+`replay.windows.gather_windows(steps, [t], K)` exactly.
+"""
+
+from __future__ import annotations
+
+from typing import Self
+
+import numpy as np
+
+from replay._reverb import reverb
+from replay.tables import EXPERIENCE_TABLE, ClientOrAddress, ReplaySpec, as_client
+from replay.windows import WINDOW_COLUMNS, FlatSteps, window_shapes
+
+# FlatSteps attribute -> window column. 'mask' is not in FlatSteps: 1 on real steps.
+_STEP_COLUMNS = (
+    "observations",
+    "actions",
+    "rewards",
+    "returns_to_go",
+    "timesteps",
+    "next_observations",
+    "terminated",
+)
+
+
+class EpisodeWriter:
+    """Writes one finished episode as K-step windows, one item per real step, left-padded,
+    through a reverb TrajectoryWriter so overlapping windows share chunks.
+
+    The Reverb writer is created on the first `write`, in the calling process and
+    thread. `write` blocks while the table's rate limiter holds the actors back: every
+    `max_pending_items` items it waits until at most that many are unconfirmed (so
+    never more than twice that are pending; Reverb warns above 50), and it returns
+    once the whole episode is confirmed. Call `close` when done; writing after `close`
+    raises RuntimeError.
+
+        writer = EpisodeWriter("replay-host:8000", spec)
+        writer.write(flatten_episode(observations, actions, rewards, terminated))
+        writer.close()
+    """
+
+    def __init__(
+        self,
+        client_or_address: ClientOrAddress,
+        spec: ReplaySpec,
+        table: str = EXPERIENCE_TABLE,
+        max_pending_items: int = 8,
+    ):
+        if max_pending_items < 1:
+            raise ValueError(f"{max_pending_items=} must be >= 1")
+        self._client_or_address = client_or_address
+        self._spec = spec
+        self._table = table
+        self._max_pending_items = max_pending_items
+        self._shapes = window_shapes(spec.context_len, spec.observation_shape, spec.action_shape)
+        # One padding step: every column zero (timestep 0, mask 0), per-step shapes.
+        self._padding = {
+            name: np.zeros(shape[1:], dtype) for name, (shape, dtype) in self._shapes.items()
+        }
+        self._writer: reverb.TrajectoryWriter | None = None
+        self._closed = False
+        self.items_written = 0
+        """Items (windows) created by this writer so far."""
+
+    def write(self, steps: FlatSteps) -> int:
+        """Write one episode (from `flatten_episode`) as len(steps) windows; return that count."""
+        if self._closed:
+            raise RuntimeError("EpisodeWriter.write called after close()")
+        columns = self._step_columns(steps)
+        length = len(steps)
+        if length == 0:
+            return 0
+        writer = self._ensure_writer()
+        K = self._spec.context_len
+        try:
+            for _ in range(K - 1):
+                writer.append(self._padding)
+            history = None
+            one = np.float32(1.0)
+            for t in range(length):
+                step = {name: column[t] for name, column in columns.items()}
+                step["mask"] = one
+                writer.append(step)
+                if history is None:
+                    # Live views of the columns' recent references; fetched once, since
+                    # building them walks the writer's whole structure.
+                    history = writer.history
+                window = {name: history[name][-K:] for name in WINDOW_COLUMNS}
+                writer.create_item(self._table, 1.0, window)
+                if (t + 1) % self._max_pending_items == 0:
+                    # The back-pressure point: blocks while the rate limiter holds items.
+                    # Flushing every item instead cuts chunks short and costs ~30% more.
+                    writer.flush(block_until_num_items=self._max_pending_items)
+            writer.end_episode()
+        except BaseException:
+            # The Reverb writer now holds part of an episode; start the next one afresh.
+            self._discard_writer()
+            raise
+        self.items_written += length
+        return length
+
+    def close(self, timeout_ms: int = 10_000) -> None:
+        """Send what is pending (waiting at most timeout_ms) and release the writer.
+
+        Idempotent. Raises reverb.errors.DeadlineExceededError if the pending items
+        were not confirmed in time; the writer is released all the same.
+        """
+        self._closed = True
+        if self._writer is None:
+            return
+        try:
+            self._writer.flush(timeout_ms=timeout_ms)
+        finally:
+            self._discard_writer()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def _ensure_writer(self) -> reverb.TrajectoryWriter:
+        if self._writer is None:
+            client = as_client(self._client_or_address)
+            # Windows reach K steps back; older references may be dropped.
+            self._writer = client.trajectory_writer(num_keep_alive_refs=self._spec.context_len)
+        return self._writer
+
+    def _discard_writer(self) -> None:
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            writer.close()
+
+    def _step_columns(self, steps: FlatSteps) -> dict[str, np.ndarray]:
+        """FlatSteps columns as the table's dtypes, after checking they are one episode."""
+        length = len(steps)
+        if length and np.any(steps.episode_start != steps.episode_start[0]):
+            raise ValueError("EpisodeWriter.write takes one episode; got steps of several")
+        columns = {}
+        for name in _STEP_COLUMNS:
+            shape, dtype = self._shapes[name]
+            value = np.asarray(getattr(steps, name))
+            if value.shape != (length, *shape[1:]):
+                raise ValueError(
+                    f"steps.{name} has shape {value.shape}; expected {(length, *shape[1:])} "
+                    f"for {length} steps"
+                )
+            columns[name] = value.astype(dtype, copy=False)
+        return columns

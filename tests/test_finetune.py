@@ -1,0 +1,181 @@
+"""Online fine-tuning with real processes, a real Reverb server on 127.0.0.1 and envpool."""
+
+from __future__ import annotations
+
+# isort: off
+from replay import _reverb  # noqa: F401  (reverb/TF before torch)
+from replay.params import ParamsPuller, publish_params
+from replay.tables import ReplaySpec, start_server
+
+# isort: on
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pytest
+import torch
+
+from actors.actor import Actor
+from actors.collect import collect
+from actors.context import BatchedPolicy
+from actors.envs import VectorEnv
+from launch.local import run_local
+from launch.presets import FinetuneConfig, PretrainConfig, get_preset
+from launch.report import write_report
+from learner.checkpoint import load_checkpoint
+from learner.config import ObjectiveConfig, OptimConfig
+from learner.finetune import learner_from_checkpoint
+from learner.pretrain import pretrain
+from learner.tensorboard import read_scalars
+from models import ModelConfig
+from replay.datasets import load_dataset
+
+ENV = "InvertedPendulum-v4"
+REPO = Path(__file__).resolve().parents[1]
+
+
+def role_processes(parent: psutil.Process) -> list[psutil.Process]:
+    """Children started by the launcher (multiprocessing's own resource tracker aside)."""
+    return [p for p in parent.children(recursive=True)
+            if any("spawn_main" in part for part in p.cmdline())]
+
+
+def tiny_config(**finetune):
+    cfg = get_preset("quickstart")
+    return replace(
+        cfg,
+        model=replace(cfg.model, embed_dim=16, n_layer=1, n_head=1, ffn_dim=32),
+        optim=replace(cfg.optim, batch_size=16, warmup_steps=10),
+        pretrain=PretrainConfig(updates=20, log_every=10, eval_every=0, checkpoint_every=20),
+        eval=replace(cfg.eval, episodes=2),
+        replay=replace(cfg.replay, tolerance_steps=20),
+        finetune=FinetuneConfig(**{"env_steps": 300, "publish_every": 5, "log_every": 5,
+                                   "checkpoint_every": 50, "eval_every_env_steps": 150,
+                                   **finetune}),
+    )
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ft")
+    data, _ = collect(ENV, "random", root / "data", episodes=30, num_envs=10)
+    cfg = replace(tiny_config(), objective=ObjectiveConfig(kind="odt"))
+    result = pretrain(cfg, load_dataset(data), root / "pre")
+    return data, result.checkpoint, root
+
+
+@pytest.mark.parametrize("kind", ["odt", "odt_td3"])
+def test_local_run_with_two_actors_finishes_and_logs(pretrained, kind, tmp_path):
+    """Every role runs as its own process; the run stops at the budget, leaves no child
+    behind, and its event files hold the evaluation, actor and loss tags."""
+    data, checkpoint, _ = pretrained
+    cfg = replace(tiny_config(), objective=ObjectiveConfig(kind=kind))
+    me = psutil.Process()
+    summary = run_local(cfg, checkpoint, tmp_path, dataset_path=str(data), status=False)
+    assert not role_processes(me)
+    assert summary.env_steps >= cfg.finetune.env_steps
+    assert summary.updates > 0
+    assert np.isfinite(summary.final_return)
+    evaluator = read_scalars(tmp_path / "evaluator")
+    assert "eval/return" in evaluator
+    steps = [s for s, _ in evaluator["eval/return"]]
+    assert steps == sorted(steps) and steps[-1] >= cfg.finetune.env_steps
+    for i in range(2):
+        assert "actor/episode_return" in read_scalars(tmp_path / f"actor_{i}")
+    learner = read_scalars(tmp_path / "learner")
+    loss_tags = {"odt": "loss/nll", "odt_td3": "loss/critic"}[kind]
+    for tag in (loss_tags, "throughput/updates_per_s", "throughput/sample_wait_fraction",
+                "replay/size", "replay/env_steps"):
+        assert tag in learner, tag
+    # The learner's samples per env step stay within the configured ratio and tolerance.
+    spi = cfg.replay.updates_per_env_step * cfg.optim.batch_size
+    tolerance = cfg.replay.tolerance_steps * spi
+    for (_, samples), (_, env_steps) in zip(learner["replay/samples"], learner["replay/env_steps"]):
+        assert samples <= env_steps * spi + tolerance + cfg.optim.batch_size * 4
+    png, md = write_report([tmp_path], tmp_path / "report")
+    assert png.stat().st_size > 1000 and kind in md.read_text()
+
+
+def test_weights_published_to_reverb_reach_an_actor_and_change_its_actions():
+    spec = ReplaySpec(observation_shape=(4,), action_shape=(1,), context_len=5,
+                      capacity_items=100, samples_per_insert=1.0, tolerance_steps=10)
+    server = start_server(spec)
+    address = f"localhost:{server.port}"
+    try:
+        torch.manual_seed(0)
+        cfg = ModelConfig(state_dim=4, act_dim=1, context_len=5, embed_dim=16, n_layer=1,
+                          n_head=1, ffn_dim=32, dropout=0.0, policy="deterministic")
+        from models import DecisionTransformer
+
+        acting, published = DecisionTransformer(cfg).eval(), DecisionTransformer(cfg).eval()
+        arrays = {k: v.numpy().copy() for k, v in published.state_dict().items()}
+        expected = {k: (v.shape, np.dtype(np.float32)) for k, v in arrays.items()}
+        publish_params(server.localhost_client(), arrays, step=42)
+        puller = ParamsPuller(address, expected, interval_s=0.05)
+        puller.start()
+
+        class Sink:
+            def write(self, steps):
+                return len(steps)
+
+        env = VectorEnv(ENV, 2, 0)
+        load = (lambda a: acting.load_state_dict({k: torch.from_numpy(v) for k, v in a.items()}))
+        actor = Actor(env, BatchedPolicy(acting, mode="mean"), Sink(), target_return=1000.0,
+                      context_len=5, params=puller, load_weights=load)
+        before = actor.policy.act(actor.ctx).copy()
+        import time
+
+        deadline = time.monotonic() + 20
+        while actor.stats.weights_step != 42 and time.monotonic() < deadline:
+            actor.run(lambda: False, max_env_steps=actor.stats.env_steps + 2)
+        puller.stop()
+        env.close()
+        assert actor.stats.weights_step == 42
+        after = BatchedPolicy(acting, mode="mean").act(actor.ctx)
+        reference = BatchedPolicy(published, mode="mean").act(actor.ctx)
+        np.testing.assert_allclose(after, reference, atol=1e-6)
+        assert not np.allclose(before, after, atol=1e-4)
+    finally:
+        server.stop()
+
+
+def test_odt_checkpoint_starts_odt_td3_with_its_policy(pretrained):
+    """A Gaussian checkpoint starts ODT+TD3: tanh(mu) becomes the deterministic action,
+    the update counter and the warm-up position carry over."""
+    _, checkpoint, _ = pretrained
+    payload = load_checkpoint(checkpoint)
+    optim = OptimConfig(lr=1e-3, warmup_steps=100, batch_size=16)
+    learner = learner_from_checkpoint(payload, ObjectiveConfig(kind="odt_td3"), optim, "cpu")
+    assert learner.step == payload["learner"]["step"] == 20
+    assert learner.optimizer.param_groups[0]["lr"] == pytest.approx(1e-3 * 21 / 100)
+    gaussian = learner_from_checkpoint(payload, ObjectiveConfig(kind="odt"), optim, "cpu")
+    x = (torch.randn(2, 3, 4), torch.rand(2, 3, 1) * 2 - 1, torch.full((2, 3), 500.0),
+         torch.zeros(2, 3, dtype=torch.long), torch.ones(2, 3))
+    with torch.no_grad():
+        torch.testing.assert_close(learner.model(*x).mode, gaussian.model(*x).mode)
+
+
+def test_local_cli_refuses_a_missing_checkpoint(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "launch.local", "--checkpoint=/nope.pt",
+                           f"--logdir={tmp_path / 'r'}"], cwd=REPO, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "--checkpoint=/nope.pt: no such file" in proc.stderr
+
+
+def test_report_cli_writes_curves_and_table(pretrained, tmp_path):
+    """launch.report over a finished run (made by the first test's machinery)."""
+    data, checkpoint, root = pretrained
+    run = tmp_path / "run"
+    cfg = replace(tiny_config(env_steps=150), objective=ObjectiveConfig(kind="odt"))
+    run.mkdir()
+    run_local(cfg, checkpoint, run, dataset_path=str(data), status=False)
+    proc = subprocess.run([sys.executable, "-m", "launch.report", f"--logdir={run}",
+                           f"--out={tmp_path / 'rep'}"], cwd=REPO, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "rep" / "curves.png").stat().st_size > 1000
+    assert "| run | objective |" in (tmp_path / "rep" / "summary.md").read_text()
