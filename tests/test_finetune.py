@@ -179,3 +179,20 @@ def test_report_cli_writes_curves_and_table(pretrained, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "rep" / "curves.png").stat().st_size > 1000
     assert "| run | objective |" in (tmp_path / "rep" / "summary.md").read_text()
+
+
+def test_main_job_runs_collect_pretrain_finetune(tmp_path):
+    """`make run`'s command end to end, tiny: every stage leaves its logs and a summary."""
+    run = tmp_path / "main"
+    proc = subprocess.run(
+        [sys.executable, "-m", "launch.main", "--preset=quickstart", f"--logdir={run}",
+         "--collect_episodes=20", "--pretrain_updates=20", "--eval_episodes=2",
+         "--env_steps=200", "--envs_per_actor=2"],
+        cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for row in ("pretrained eval return", "fine-tuned eval return", "online env steps",
+                "online updates", "wall time"):
+        assert row in proc.stdout, row
+    for role in ("dataset", "pretrain", "learner", "actor_0", "actor_1", "evaluator"):
+        assert (run / role).is_dir(), role
+    assert "eval/return" in read_scalars(run / "evaluator")

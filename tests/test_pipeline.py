@@ -21,6 +21,7 @@ from actors.envs import VectorEnv
 from actors.evaluate import evaluate
 from launch.presets import PretrainConfig, get_preset
 from learner.checkpoint import load_policy
+from learner.config import ObjectiveConfig
 from learner.pretrain import pretrain
 from learner.tensorboard import read_scalars, read_text
 from replay.datasets import load_dataset
@@ -52,8 +53,9 @@ def scripted_dataset(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def pretrained(scripted_dataset, tmp_path_factory):
     cfg = get_preset("quickstart")
-    cfg = replace(cfg, pretrain=PretrainConfig(updates=400, log_every=50, eval_every=200,
-                                               checkpoint_every=200))
+    cfg = replace(cfg, objective=ObjectiveConfig(kind="odt"),
+                  pretrain=PretrainConfig(updates=400, log_every=50, eval_every=200,
+                                          checkpoint_every=200))
     logdir = tmp_path_factory.mktemp("run")
     result = pretrain(cfg, load_dataset(scripted_dataset), logdir)
     return cfg, logdir, result
@@ -156,10 +158,12 @@ def test_pretrain_and_evaluate_cli(scripted_dataset, tmp_path):
 def test_main_job_runs_the_offline_pipeline(tmp_path):
     logdir = tmp_path / "main"
     proc = run_cli("-m", "launch.main", "--preset=quickstart", f"--logdir={logdir}",
-                   "--collect_episodes=10", "--pretrain_updates=20", "--eval_episodes=2")
+                   "--collect_episodes=10", "--pretrain_updates=20", "--eval_episodes=2",
+                   "--online=false")
     assert proc.returncode == 0, proc.stderr
     for row in ("dataset return", "pretrained eval return", "wall time"):
         assert row in proc.stdout
+    assert "fine-tuned eval return" not in proc.stdout
     assert (logdir / "dataset" / "metadata.json").is_file()
     assert "eval/return" in read_scalars(logdir / "pretrain")
 
