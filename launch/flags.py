@@ -62,26 +62,40 @@ def define_run_flags() -> None:
     flags.DEFINE_integer("collect_episodes", None, "Episodes to record when no dataset is given.")
 
 
+# Flag name -> the dotted config field it overrides, for every entry point that has it.
+OVERRIDES = {
+    "dataset": "data.path",
+    "seed": "seed",
+    "device": "device",
+    "objective": "objective.kind",
+    "pretrain_updates": "pretrain.updates",
+    "eval_episodes": "eval.episodes",
+    "collect_episodes": "data.collect_episodes",
+    "num_actors": "actor.num_actors",
+    "envs_per_actor": "actor.envs_per_actor",
+    "env_steps": "finetune.env_steps",
+}
+
+
+def with_field(config, path: str, value):
+    """A copy of a (nested) frozen dataclass with the dotted field `path` set to `value`."""
+    head, _, rest = path.partition(".")
+    if not rest:
+        return replace(config, **{head: value})
+    return replace(config, **{head: with_field(getattr(config, head), rest, value)})
+
+
 def resolve_config():
     """The preset with flag overrides applied, validated; ValueError lists every problem."""
     from launch.presets import get_preset, validate
 
     FLAGS = flags.FLAGS
     cfg = get_preset(FLAGS.preset)
-    if FLAGS.dataset is not None:
-        cfg = replace(cfg, data=replace(cfg.data, path=FLAGS.dataset))
+    for name, path in OVERRIDES.items():
+        if name in FLAGS and FLAGS[name].value is not None:
+            cfg = with_field(cfg, path, FLAGS[name].value)
     if FLAGS.seed is not None:
-        cfg = replace(cfg, seed=FLAGS.seed, data=replace(cfg.data, collect_seed=FLAGS.seed + 1))
-    if FLAGS.device is not None:
-        cfg = replace(cfg, device=FLAGS.device)
-    if FLAGS.objective is not None:
-        cfg = replace(cfg, objective=replace(cfg.objective, kind=FLAGS.objective))
-    if FLAGS.pretrain_updates is not None:
-        cfg = replace(cfg, pretrain=replace(cfg.pretrain, updates=FLAGS.pretrain_updates))
-    if FLAGS.eval_episodes is not None:
-        cfg = replace(cfg, eval=replace(cfg.eval, episodes=FLAGS.eval_episodes))
-    if FLAGS.collect_episodes is not None:
-        cfg = replace(cfg, data=replace(cfg.data, collect_episodes=FLAGS.collect_episodes))
+        cfg = with_field(cfg, "data.collect_seed", FLAGS.seed + 1)
     problems = validate(cfg)
     if problems:
         raise ValueError("invalid configuration:\n  " + "\n  ".join(problems))

@@ -18,7 +18,7 @@ import queue
 import signal
 import sys
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 from absl import flags
@@ -217,31 +217,16 @@ def define_finetune_flags() -> None:
     flags.DEFINE_integer("env_steps", None, "Online budget in environment steps.")
 
 
-def apply_finetune_flags(cfg):
-    FLAGS = flags.FLAGS
-    if FLAGS.num_actors is not None:
-        cfg = replace(cfg, actor=replace(cfg.actor, num_actors=FLAGS.num_actors))
-    if FLAGS.envs_per_actor is not None:
-        cfg = replace(cfg, actor=replace(cfg.actor, envs_per_actor=FLAGS.envs_per_actor))
-    if FLAGS.env_steps is not None:
-        cfg = replace(cfg, finetune=replace(cfg.finetune, env_steps=FLAGS.env_steps))
-    return cfg
-
-
 def main(argv) -> None:
     del argv
     from launch.pipeline import save_config, summary_table
-    from launch.presets import validate
 
     FLAGS = flags.FLAGS
     if FLAGS.checkpoint is None:
         raise ValueError("--checkpoint is required: the pretrained checkpoint to fine-tune")
     if not Path(FLAGS.checkpoint).is_file():
         raise FileNotFoundError(f"--checkpoint={FLAGS.checkpoint}: no such file")
-    cfg = apply_finetune_flags(resolve_config())
-    problems = validate(cfg)
-    if problems:
-        raise ValueError("invalid configuration:\n  " + "\n  ".join(problems))
+    cfg = resolve_config()
     run_dir = new_run_dir(FLAGS.logdir, f"{cfg.name}-{cfg.objective.kind}")
     save_config(run_dir, cfg)
     summary = run_local(cfg, FLAGS.checkpoint, run_dir, dataset_path=cfg.data.path)

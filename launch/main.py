@@ -12,7 +12,7 @@ import time
 from absl import flags
 
 from launch.flags import define_run_flags, new_run_dir, resolve_config, run_main
-from launch.local import apply_finetune_flags, define_finetune_flags
+from launch.local import define_finetune_flags
 
 define_run_flags()
 define_finetune_flags()
@@ -23,15 +23,11 @@ def main(argv) -> None:
     del argv
     from launch.local import run_local
     from launch.pipeline import obtain_dataset, save_config, summary_table
-    from launch.presets import validate
     from learner.pretrain import pretrain
 
     FLAGS = flags.FLAGS
     start = time.perf_counter()
-    cfg = apply_finetune_flags(resolve_config())
-    problems = validate(cfg)
-    if problems:
-        raise ValueError("invalid configuration:\n  " + "\n  ".join(problems))
+    cfg = resolve_config()
     run_dir = new_run_dir(FLAGS.logdir, cfg.name)
     save_config(run_dir, cfg)
     print(f"onramp: preset {cfg.name}, {cfg.env.env_id}, objective {cfg.objective.kind}, "
