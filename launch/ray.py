@@ -1,0 +1,222 @@
+"""Fine-tuning on a Ray cluster: the same roles, placed and restarted by Ray.
+
+    ray start --head                       # on one node
+    ray start --address=HEAD:6379          # on the others
+    python -m launch.ray --address=auto --preset=quickstart \
+        --checkpoint=runs/x/pretrain/checkpoint.pt --num_actors=8 [--learner_gpus=1]
+
+The replay server and the learner are placed first (the learner with `num_gpus`
+when asked); actors are spread over the nodes. Each role runs inside a Ray actor
+process; a role that fails ends that process, so Ray restarts a dead actor or
+evaluator (up to `--max_restarts`) while a dead learner or replay server ends the
+run. The run stops at the environment-step budget. Run directories must be on a
+filesystem every node sees (the checkpoint is read, logs and checkpoints written).
+
+Ray is an optional extra: `pip install .[ray]`.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+import time
+from pathlib import Path
+
+from absl import flags
+
+from launch.flags import define_run_flags, new_run_dir, resolve_config, run_main
+from launch.local import FinetuneSummary, RunFailed, define_finetune_flags
+
+
+def _import_ray():
+    try:
+        import ray
+    except ImportError as exc:
+        raise ValueError("launch.ray needs Ray: pip install '.[ray]'") from exc
+    return ray
+
+
+def _role_host_class(ray):
+    @ray.remote
+    class RoleHost:
+        """One onramp role running in a thread of this Ray worker process."""
+
+        def __init__(self, name: str, role: str, args: tuple, log_dir: str):
+            from launch import roles  # reverb before torch in this process
+
+            self.name = name
+            self.stop_event = threading.Event()
+            self.ready: queue.Queue = queue.Queue()
+            Path(log_dir).mkdir(parents=True, exist_ok=True)
+            with open(Path(log_dir) / "starts.log", "a") as f:  # restarts are visible
+                f.write(f"{time.time():.3f} pid {os.getpid()}\n")
+            target = getattr(roles, f"{role}_role")
+            if role == "replay":
+                args = (*args, self.ready)
+            self.thread = threading.Thread(target=self._run, args=(target, args), daemon=True)
+            self.thread.start()
+
+        def _run(self, target, args) -> None:
+            try:
+                target(*args, self.stop_event)
+            except BaseException:  # noqa: BLE001 - any failure ends the process for Ray
+                import traceback
+
+                traceback.print_exc()
+                os._exit(1)
+
+        def wait_ready(self, timeout_s: float):
+            return self.ready.get(timeout=timeout_s)
+
+        def node(self) -> tuple[str, str]:
+            context = ray.get_runtime_context()
+            return context.get_node_id(), ray.util.get_node_ip_address()
+
+        def stop(self, timeout_s: float) -> bool:
+            self.stop_event.set()
+            self.thread.join(timeout_s)
+            return not self.thread.is_alive()
+
+    return RoleHost
+
+
+def run_ray(cfg, checkpoint: str | Path, run_dir: Path, *, address: str = "auto",
+            dataset_path: str | None = None, learner_gpus: float = 0, max_restarts: int = 3,
+            status: bool = True, on_started=None) -> FinetuneSummary:
+    """Fine-tune on the Ray cluster at `address`; returns the same summary as run_local.
+
+    `on_started(handles)` is called with the role actors once all are placed (tests
+    use it to kill an actor).
+    """
+    ray = _import_ray()
+    from launch import roles
+    from launch.local import _env_info
+    from launch.pipeline import save_config
+    from learner.checkpoint import load_checkpoint, load_policy
+    from replay.tables import EXPERIENCE_TABLE, table_counts, wait_for_server
+
+    if not ray.is_initialized():
+        ray.init(address=address, log_to_driver=status)
+    RoleHost = _role_host_class(ray)
+    run_dir = Path(run_dir).absolute()
+    if not (run_dir / "config.json").exists():
+        save_config(run_dir, cfg)
+    payload = load_checkpoint(checkpoint)
+    dataset_path = dataset_path or payload.get("dataset")
+    env_info = _env_info(cfg.env.env_id)
+    paths = roles.RunPaths(str(run_dir), str(Path(checkpoint).absolute()))
+    start = time.perf_counter()
+    handles: dict[str, object] = {}
+    try:
+        handles["replay"] = RoleHost.options(num_cpus=1, max_restarts=0).remote(
+            "replay", "replay", (cfg, env_info, dataset_path, cfg.replay.port or 0),
+            str(run_dir / "replay"))
+        port, preload = ray.get(handles["replay"].wait_ready.remote(300), timeout=320)
+        _, host = ray.get(handles["replay"].node.remote())
+        replay_address = f"{host}:{port}"
+        wait_for_server(replay_address, timeout_s=60)
+        spec = roles.replay_spec(cfg, env_info["observation_shape"], env_info["action_shape"],
+                                 env_info["max_episode_steps"], preload)
+        handles["learner"] = RoleHost.options(num_cpus=1, num_gpus=learner_gpus,
+                                              max_restarts=0).remote(
+            "learner", "learner", (cfg, paths, replay_address, spec), str(run_dir / "learner"))
+        for i in range(cfg.actor.num_actors):
+            handles[f"actor_{i}"] = RoleHost.options(
+                num_cpus=1, max_restarts=max_restarts, max_task_retries=-1,
+                scheduling_strategy="SPREAD",
+            ).remote(f"actor_{i}", "actor", (i, cfg, paths, replay_address, spec),
+                     str(run_dir / f"actor_{i}"))
+        handles["evaluator"] = RoleHost.options(num_cpus=1, max_restarts=max_restarts,
+                                                max_task_retries=-1).remote(
+            "evaluator", "evaluator", (cfg, paths, replay_address, spec),
+            str(run_dir / "evaluator"))
+        if on_started is not None:
+            on_started(handles)
+        _watch(ray, handles, replay_address, preload, cfg.finetune.env_steps, status,
+               table_counts, EXPERIENCE_TABLE)
+        workers = [n for n in handles if n.startswith(("actor", "evaluator"))]
+        ray.get([handles[n].stop.remote(30) for n in workers], timeout=60)
+        if not ray.get(handles["learner"].stop.remote(120), timeout=150):
+            raise RunFailed("learner did not stop within 120 s")
+    except ray.exceptions.RayActorError as exc:
+        raise RunFailed(f"a role that cannot be restarted died: {exc}") from exc
+    finally:
+        if "replay" in handles:
+            try:
+                ray.get(handles["replay"].stop.remote(10), timeout=20)
+            except Exception:  # noqa: BLE001 - the replay actor may already be gone
+                pass
+        for handle in handles.values():
+            ray.kill(handle, no_restart=True)
+    seconds = time.perf_counter() - start
+    model, final = load_policy(paths.learner_checkpoint)
+    from learner.tensorboard import SummaryWriter
+
+    with SummaryWriter(paths.role_dir("evaluator")) as writer:
+        result = roles.evaluate_and_log(cfg, model, writer, final["env_steps"],
+                                        final["learner"]["step"])
+    return FinetuneSummary(
+        env_steps=int(final["env_steps"]),
+        updates=int(final["learner"]["step"]) - int(payload["learner"]["step"]),
+        seconds=seconds,
+        final_return=result.mean_return,
+        final_normalized=result.normalized_score,
+        learner_checkpoint=paths.learner_checkpoint,
+    )
+
+
+def _watch(ray, handles, address, preload, budget, status, table_counts, table) -> int:
+    """Poll the replay counters until the budget; a dead learner or replay ends the run."""
+    import sys
+
+    start = time.perf_counter()
+    env_steps = 0
+    while env_steps < budget:
+        time.sleep(1.0)
+        for name in ("replay", "learner"):
+            try:
+                ray.get(handles[name].node.remote(), timeout=30)
+            except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError) as exc:
+                raise RunFailed(f"{name} died: {exc}") from exc
+        env_steps = int(table_counts(address, table)["inserts"] - preload)
+        if status:
+            elapsed = time.perf_counter() - start
+            print(f"\r[{elapsed:6.0f} s] env steps {env_steps}/{budget}", end="",
+                  file=sys.stderr, flush=True)
+    if status:
+        print(file=sys.stderr)
+    return env_steps
+
+
+def main(argv) -> None:
+    del argv
+    from launch.pipeline import save_config, summary_table
+
+    FLAGS = flags.FLAGS
+    if FLAGS.checkpoint is None or not Path(FLAGS.checkpoint).is_file():
+        raise FileNotFoundError(f"--checkpoint={FLAGS.checkpoint}: no such file")
+    cfg = resolve_config()
+    run_dir = new_run_dir(FLAGS.logdir, f"{cfg.name}-{cfg.objective.kind}-ray")
+    save_config(run_dir, cfg)
+    summary = run_ray(cfg, FLAGS.checkpoint, run_dir, address=FLAGS.address,
+                      dataset_path=cfg.data.path, learner_gpus=FLAGS.learner_gpus,
+                      max_restarts=FLAGS.max_restarts)
+    print(summary_table([
+        ("objective", cfg.objective.kind),
+        ("env steps", str(summary.env_steps)),
+        ("updates", str(summary.updates)),
+        ("fine-tuned eval return", f"{summary.final_return:.1f}"),
+        ("wall time", f"{summary.seconds:.0f} s"),
+        ("checkpoint", str(summary.learner_checkpoint)),
+    ]))
+
+
+if __name__ == "__main__":
+    flags.DEFINE_string("address", "auto", "Ray cluster address ('auto' joins the local one).")
+    flags.DEFINE_string("checkpoint", None, "Pretrained checkpoint to fine-tune.")
+    flags.DEFINE_float("learner_gpus", 0.0, "GPUs for the learner.")
+    flags.DEFINE_integer("max_restarts", 3, "Restarts of a dead actor or evaluator.")
+    define_finetune_flags()
+    define_run_flags()
+    run_main(main)
