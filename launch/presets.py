@@ -209,7 +209,7 @@ def quickstart() -> RunConfig:
         data=DataConfig(collect_policy="random", collect_episodes=300, collect_num_envs=20),
         pretrain=PretrainConfig(updates=500, log_every=50, eval_every=250, checkpoint_every=250),
         eval=EvalConfig(episodes=10, target_return=1000.0, context_len=5),
-        replay=ReplayConfig(updates_per_env_step=0.3, tolerance_steps=1000.0),
+        replay=ReplayConfig(updates_per_env_step=1.0, tolerance_steps=1000.0),
         actor=ActorConfig(num_actors=2, envs_per_actor=4),
         finetune=FinetuneConfig(env_steps=6000, publish_every=25, log_every=50,
                                 checkpoint_every=1000, eval_every_env_steps=1500),

@@ -104,20 +104,63 @@ def _batches_until(address, spec, batch_size, stop):
 
 
 def learner_role(cfg, paths: RunPaths, address: str, spec: ReplaySpec, stop) -> None:
-    from launch.presets import flatten
-    from learner.checkpoint import load_checkpoint
-    from learner.finetune import finetune_loop, learner_from_checkpoint, save_learner
-    from learner.pretrain import resolve_device
+    """Fine-tune from `paths.checkpoint` on windows from the experience table until `stop`.
 
-    torch.manual_seed(cfg.seed)
+    Data-parallel on G GPUs of one node, one process per GPU:
+
+        torchrun --nproc_per_node=G -m launch.node --role=learner ...
+
+    Under torchrun (WORLD_SIZE > 1) each rank joins the process group (nccl on CUDA,
+    device cuda:LOCAL_RANK; gloo on CPU), loads the checkpoint, takes rank 0's
+    weights, and reads its own window stream from Reverb (the server samples each
+    request independently, so the ranks' batches differ; torch is seeded per rank for
+    dropout and target-policy noise). Gradients are averaged across ranks every update
+    (`Learner`), and all ranks stop after the same update. Only rank 0 publishes
+    weights, writes checkpoints and TensorBoard; the others publish and write nothing.
+
+    Batch size and replay ratio: each rank samples cfg.optim.batch_size windows per
+    update, so one update of the group trains on G x batch_size windows, and
+    `learner.step` counts such group updates. The rate limiter counts every rank's
+    samples against samples_per_insert = updates_per_env_step x batch_size (replay_spec),
+    so with G ranks the learner makes updates_per_env_step / G updates per environment
+    step: each window is still sampled as often as configured (the replay ratio holds),
+    but there are G times fewer gradient steps per environment step, each on a G times
+    larger batch. Keeping updates_per_env_step updates per environment step instead
+    needs a replay server built with samples_per_insert x G. Rank 0 writes the figures
+    in effect (`distributed.*`) into the config table.
+    """
+    from launch.presets import flatten
+    from learner import distributed
+    from learner.checkpoint import load_checkpoint
+    from learner.finetune import (
+        data_parallel_finetune_loop,
+        learner_from_checkpoint,
+        save_learner,
+    )
+    from learner.pretrain import resolve_device
+    from learner.tensorboard import NullWriter
+
     device = resolve_device(cfg.device)
+    rank, world_size = distributed.init_from_env(device)
+    device = distributed.local_device(device)
+    torch.manual_seed(cfg.seed)
     payload = load_checkpoint(paths.checkpoint, map_location=device)
     learner = learner_from_checkpoint(payload, cfg.objective, cfg.optim, device)
+    if world_size > 1:  # Learner() seeded every rank alike
+        torch.manual_seed(cfg.seed + rank)
     import reverb  # the client lives in this process
 
     client = reverb.Client(address)
-    writer = SummaryWriter(paths.role_dir("learner"))
-    writer.text("config", markdown_table(flatten(cfg)), step=learner.step)
+    writer = SummaryWriter(paths.role_dir("learner")) if rank == 0 else NullWriter()
+    table = flatten(cfg)
+    if world_size > 1:
+        table.update({
+            "distributed.world_size": world_size,
+            "distributed.global_batch_size": world_size * cfg.optim.batch_size,
+            "distributed.updates_per_env_step":
+                spec.samples_per_insert / (world_size * cfg.optim.batch_size),
+        })
+    writer.text("config", markdown_table(table), step=learner.step)
 
     def counters():
         counts = table_counts(client, EXPERIENCE_TABLE)
@@ -128,7 +171,7 @@ def learner_role(cfg, paths: RunPaths, address: str, spec: ReplaySpec, stop) -> 
         save_learner(paths.learner_checkpoint, learner, run_config=cfg.to_dict(),
                      env_steps=int(counters()["env_steps"]))
 
-    stats = finetune_loop(
+    stats = data_parallel_finetune_loop(
         learner,
         iter(_batches_until(address, spec, cfg.optim.batch_size, stop)),
         publish=lambda step, arrays: publish_params(client, arrays, step),
@@ -140,11 +183,13 @@ def learner_role(cfg, paths: RunPaths, address: str, spec: ReplaySpec, stop) -> 
         checkpoint_every=cfg.finetune.checkpoint_every,
         checkpoint=checkpoint,
     )
-    checkpoint()
+    if rank == 0:
+        checkpoint()
     writer.scalars({"throughput/run_updates_per_s": stats.updates_per_s,
                     "throughput/run_sample_wait_fraction": stats.sample_wait_fraction},
                    learner.step)
     writer.close()
+    distributed.shutdown()
 
 
 # ---- actor -----------------------------------------------------------------------

@@ -9,6 +9,9 @@ iterator, which the replay rate limiter holds back.
 Logs loss/*, policy/*, replay/* (size, inserts, samples, env_steps),
 throughput/updates_per_s and throughput/sample_wait_fraction (the share of wall
 time spent waiting for the next batch).
+
+`data_parallel_finetune_loop` runs the same loop on every rank of a data-parallel
+learner (learner/distributed.py); in a single process it is `finetune_loop`.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
+from learner import distributed
 from learner.checkpoint import (
     CheckpointError,
     convert_policy_head,
@@ -30,6 +34,7 @@ from learner.checkpoint import (
 )
 from learner.learner import Learner
 from learner.pretrain import to_device
+from learner.tensorboard import NullWriter
 
 
 def learner_from_checkpoint(payload: dict, objective, optim, device) -> Learner:
@@ -123,6 +128,57 @@ def finetune_loop(
             checkpoint()
     publish(learner.step, weights_as_arrays(learner.model))
     return FinetuneStats(updates, time.perf_counter() - start, wait)
+
+
+def data_parallel_finetune_loop(
+    learner: Learner,
+    batches: Iterator[dict[str, np.ndarray]],
+    *,
+    publish: Callable[[int, dict[str, np.ndarray]], None],
+    counters: Callable[[], dict[str, float]],
+    writer,
+    should_stop: Callable[[], bool],
+    publish_every: int,
+    log_every: int,
+    checkpoint_every: int,
+    checkpoint: Callable[[], None],
+) -> FinetuneStats:
+    """`finetune_loop` on this rank of a data-parallel learner; the plain loop in one process.
+
+    Every rank passes its own `batches` and the same collaborators. Rank 0's weights go
+    to every rank first; each update averages gradients across ranks (`Learner.update`),
+    so one update of the group trains on every rank's batch at once. The loop ends on
+    every rank after the same update: when any rank's batches end or any rank's
+    `should_stop()` is true. Only rank 0 publishes, checkpoints, reads the counters and
+    writes to `writer`; the other ranks' collaborators are never called. Logged losses
+    are rank 0's batch's.
+    """
+    if distributed.is_distributed():
+        learner.broadcast_parameters()
+        # lockstep decides when to stop, the same on every rank.
+        batches, should_stop = distributed.lockstep(batches, should_stop), _never
+        if not distributed.is_main():
+            publish, counters, writer, checkpoint = _ignore, dict, NullWriter(), _ignore
+    return finetune_loop(
+        learner,
+        batches,
+        publish=publish,
+        counters=counters,
+        writer=writer,
+        should_stop=should_stop,
+        publish_every=publish_every,
+        log_every=log_every,
+        checkpoint_every=checkpoint_every,
+        checkpoint=checkpoint,
+    )
+
+
+def _never() -> bool:
+    return False
+
+
+def _ignore(*args) -> None:
+    pass
 
 
 def save_learner(path: Path, learner: Learner, **extra) -> Path:

@@ -9,6 +9,10 @@ Usage:
     learner.set_state_normalization(mean, std)
     for batch in batches:                  # dict of (B, K, ...) tensors, see replay/windows.py
         metrics = learner.update(batch)    # dict of 0-d tensors; no host sync inside
+
+Data-parallel (several processes, see learner/distributed.py): every rank builds the
+same Learner, calls `broadcast_parameters()` once, then updates on its own batches;
+gradients are averaged across ranks inside `update`, so the ranks stay identical.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from dataclasses import replace
 import torch
 from pytorch_optimizer import Lamb
 
-from learner import losses
+from learner import distributed, losses
 from learner.config import ObjectiveConfig, OptimConfig
 from models import DecisionTransformer, ModelConfig, TwinQ
 
@@ -60,6 +64,22 @@ def ema_update(target: torch.nn.Module, source: torch.nn.Module, tau: float) -> 
 
 
 class Learner:
+    """The transformer (LAMB), the temperature (Adam) and, under odt_td3, the twin critic
+    (AdamW) with target copies of both networks.
+
+    Data parallelism. When torch.distributed runs more than one rank, each backward is
+    followed by `distributed.average_gradients` over the parameters that optimizer is
+    about to step (before the transformer's gradient clipping, so every rank clips the
+    same averaged gradient). An explicit all-reduce rather than DDP wrappers, because
+    the update does not fit DDP's one-forward-one-backward-per-module contract: the
+    actor loss backpropagates through the critic without stepping it (DDP would
+    all-reduce those critic gradients for nothing, and `critic.first` bypasses the
+    wrapper's forward), the temperature is a bare tensor, the target networks are
+    copies that must stay unwrapped. Averaging where each optimizer steps keeps the
+    three updates as they read in one process, where it is a no-op. The cost is that
+    communication does not overlap with the backward pass.
+    """
+
     def __init__(
         self,
         model_cfg: ModelConfig,
@@ -113,6 +133,18 @@ class Learner:
             self.critic.set_state_normalization(mean, std)
             self._reset_targets()
 
+    def broadcast_parameters(self, src: int = 0) -> None:
+        """Give every rank rank `src`'s weights: the transformer, the critic, both targets
+        (buffers included) and the temperature. No-op in one process.
+
+        Optimizer states are not sent: every rank loads the same checkpoint (or starts
+        fresh), so they already agree.
+        """
+        for module in (self.model, self.critic, self.critic_target, self.model_target):
+            if module is not None:
+                distributed.broadcast_module(module, src)
+        distributed.broadcast_tensors([self.log_temperature], src)
+
     @property
     def temperature(self) -> torch.Tensor:
         return self.log_temperature.detach().exp()
@@ -135,6 +167,7 @@ class Learner:
     def _transformer_step(self, loss: torch.Tensor) -> torch.Tensor:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        distributed.average_gradients(self.model.parameters())
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.optim.grad_clip)
         self.optimizer.step()
         self.scheduler.step()
@@ -153,6 +186,7 @@ class Learner:
         grad_norm = self._transformer_step(out.loss)
         self.temperature_optimizer.zero_grad(set_to_none=True)
         out.temperature_loss.backward()
+        distributed.average_gradients([self.log_temperature])
         self.temperature_optimizer.step()
         return {
             "loss/total": out.loss.detach(),
@@ -176,6 +210,7 @@ class Learner:
         critic_loss = losses.critic_loss(q1, q2, target, batch["mask"])
         self.critic_optimizer.zero_grad(set_to_none=True)
         critic_loss.backward()
+        distributed.average_gradients(self.critic.parameters())
         self.critic_optimizer.step()
         metrics = {
             "loss/critic": critic_loss.detach(),

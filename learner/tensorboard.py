@@ -122,6 +122,25 @@ class SummaryWriter:
         self.close()
 
 
+class NullWriter:
+    """SummaryWriter's interface, writing nothing: data-parallel ranks other than 0."""
+
+    def scalar(self, tag: str, value: float, step: int) -> None:
+        pass
+
+    def scalars(self, values: dict[str, float], step: int) -> None:
+        pass
+
+    def text(self, tag: str, markdown: str, step: int = 0) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 def read_events(path: str | os.PathLike) -> Iterator[event_pb2.Event]:
     """Events of one file, checking each record's CRCs; a torn last record ends the file."""
     with open(path, "rb") as f:
