@@ -31,8 +31,15 @@ def input_errors() -> tuple[type[BaseException], ...]:
     from learner.checkpoint import CheckpointError
     from replay.datasets import DatasetError
 
-    return (ValueError, FileExistsError, FileNotFoundError, DatasetError, CheckpointError,
-            EnvError)
+    errors = [ValueError, FileExistsError, FileNotFoundError, DatasetError, CheckpointError,
+              EnvError]
+    # An unreachable replay server (a wrong --replay_address) is bad input too. Only code
+    # that loaded replay.tables can raise it, and importing it here would load TensorFlow
+    # after torch, so it is looked up rather than imported.
+    tables = sys.modules.get("replay.tables")
+    if tables is not None:
+        errors.append(tables.ReplayUnavailable)
+    return tuple(errors)
 
 
 def run_main(main) -> None:

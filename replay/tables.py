@@ -18,6 +18,7 @@ ahead of the learner. Preloaded windows do not entitle the learner to extra samp
 from __future__ import annotations
 
 import math
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -151,9 +152,33 @@ def start_server(spec: ReplaySpec, port: int | None = None) -> reverb.Server:
     """A Reverb server holding `make_tables(spec)`; port None picks a free one.
 
     The server listens on every interface without authentication: run it on a
-    private network only.
+    private network only. A fixed `port` that is taken raises ValueError naming it.
+    gRPC binds with SO_REUSEPORT, so a second server on a port another gRPC server
+    holds would start and silently share its connections; hence the check that
+    nothing answers there first.
     """
-    return reverb.Server(make_tables(spec), port=port)
+    tables = make_tables(spec)
+    if port is not None and _answers(port):
+        raise ValueError(f"the replay server cannot listen on port {port}: another process "
+                         "already listens there")
+    try:
+        return reverb.Server(tables, port=port)
+    except ValueError as error:
+        if port is None:
+            raise
+        raise ValueError(
+            f"the replay server could not listen on port {port} (in use by another "
+            f"process?): {error}"
+        ) from error
+
+
+def _answers(port: int) -> bool:
+    """Whether something accepts TCP connections on this host's `port`."""
+    try:
+        with socket.create_connection(("localhost", port), timeout=1.0):
+            return True
+    except OSError:
+        return False
 
 
 def as_client(client_or_address: ClientOrAddress) -> reverb.Client:
@@ -221,3 +246,83 @@ def table_counts(
         "inserts": int(limiter.insert_stats.completed),
         "samples": int(limiter.sample_stats.completed),
     }
+
+
+def _experience_info(client_or_address: ClientOrAddress, timeout_s: int):
+    client = as_client(client_or_address)
+    try:
+        info = client.server_info(timeout=max(1, math.ceil(timeout_s)))
+    except reverb.errors.DeadlineExceededError as error:
+        raise ReplayUnavailable(f"replay server did not answer within {timeout_s:g} s") from error
+    if EXPERIENCE_TABLE not in info:
+        raise ValueError(
+            f"the replay server has no {EXPERIENCE_TABLE!r} table (tables: {sorted(info)}); "
+            "is this an onramp replay server?"
+        )
+    return info[EXPERIENCE_TABLE]
+
+
+def preload_items_from_server(client_or_address: ClientOrAddress, *, timeout_s: int = 10) -> int:
+    """P, the number of windows the replay server preloaded, read from its rate limiter.
+
+    A role on another host needs P (environment steps are `inserts - P`) but cannot
+    see the replay host's dataset. The experience table's limiter window is centred
+    on `P * spi` (`ReplaySpec.rate_limiter_range`), so the server itself holds the
+    answer: P = round(((min_diff + max_diff) / 2) / spi).
+    """
+    limiter = _experience_info(client_or_address, timeout_s).rate_limiter_info
+    centre = (limiter.min_diff + limiter.max_diff) / 2
+    return round(centre / limiter.samples_per_insert)
+
+
+def check_server_spec(
+    client_or_address: ClientOrAddress, spec: ReplaySpec, *, timeout_s: int = 10
+) -> None:
+    """Raise ValueError unless the server's experience table is the one `spec` makes.
+
+    Every host builds its ReplaySpec from its own flags; one started with another
+    preset or override would write windows the table refuses, or count environment
+    steps wrongly. This compares what the table was built with: the window signature
+    (context length, observation and action shapes), capacity, and rate limiter.
+    """
+    table = _experience_info(client_or_address, timeout_s)
+    limiter = table.rate_limiter_info
+    min_diff, max_diff = spec.rate_limiter_range
+    ours = {
+        "window columns": _describe_signature(experience_signature(spec)),
+        "capacity_items": spec.capacity_items,
+        "samples_per_insert": spec.samples_per_insert,
+        "rate limiter window": (min_diff, max_diff),
+    }
+    theirs = {
+        "window columns": _describe_signature(table.signature),
+        "capacity_items": table.max_size,
+        "samples_per_insert": limiter.samples_per_insert,
+        "rate limiter window": (limiter.min_diff, limiter.max_diff),
+    }
+    differ = [
+        f"{name}: server {theirs[name]!r}, here {ours[name]!r}"
+        for name in ours
+        if not _same(ours[name], theirs[name])
+    ]
+    if differ:
+        raise ValueError(
+            "the replay server was started with another configuration (give every role "
+            "the same --preset and overrides): " + "; ".join(differ)
+        )
+
+
+def _describe_signature(signature) -> str:
+    """'name dtype[shape], ...' in name order: short enough for an error message."""
+    if not isinstance(signature, dict):
+        return repr(signature)
+    return ", ".join(f"{name} {s.dtype.name}{list(s.shape)}"
+                     for name, s in sorted(signature.items()))
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, tuple):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    if isinstance(a, float):
+        return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-6)
+    return a == b
