@@ -24,7 +24,6 @@ from actors.context import BatchedPolicy
 from actors.envs import VectorEnv
 from launch.local import run_local
 from launch.presets import FinetuneConfig, PretrainConfig, get_preset
-from launch.report import write_report
 from learner.checkpoint import load_checkpoint
 from learner.config import ObjectiveConfig, OptimConfig
 from learner.finetune import learner_from_checkpoint
@@ -67,15 +66,26 @@ def pretrained(tmp_path_factory):
     return data, result.checkpoint, root
 
 
+@pytest.fixture(scope="module")
+def local_runs(pretrained, tmp_path_factory):
+    """One short local fine-tuning run per objective, from the same checkpoint."""
+    data, checkpoint, _ = pretrained
+    me = psutil.Process()
+    runs = {}
+    for kind in ("odt", "odt_td3"):
+        cfg = replace(tiny_config(), objective=ObjectiveConfig(kind=kind))
+        run_dir = tmp_path_factory.mktemp(kind)
+        summary = run_local(cfg, checkpoint, run_dir, dataset_path=str(data), status=False)
+        runs[kind] = (cfg, run_dir, summary, role_processes(me))
+    return runs
+
+
 @pytest.mark.parametrize("kind", ["odt", "odt_td3"])
-def test_local_run_with_two_actors_finishes_and_logs(pretrained, kind, tmp_path):
+def test_local_run_with_two_actors_finishes_and_logs(local_runs, kind):
     """Every role runs as its own process; the run stops at the budget, leaves no child
     behind, and its event files hold the evaluation, actor and loss tags."""
-    data, checkpoint, _ = pretrained
-    cfg = replace(tiny_config(), objective=ObjectiveConfig(kind=kind))
-    me = psutil.Process()
-    summary = run_local(cfg, checkpoint, tmp_path, dataset_path=str(data), status=False)
-    assert not role_processes(me)
+    cfg, tmp_path, summary, left_behind = local_runs[kind]
+    assert not left_behind
     assert summary.env_steps >= cfg.finetune.env_steps
     assert summary.updates > 0
     assert np.isfinite(summary.final_return)
@@ -95,8 +105,6 @@ def test_local_run_with_two_actors_finishes_and_logs(pretrained, kind, tmp_path)
     tolerance = cfg.replay.tolerance_steps * spi
     for (_, samples), (_, env_steps) in zip(learner["replay/samples"], learner["replay/env_steps"]):
         assert samples <= env_steps * spi + tolerance + cfg.optim.batch_size * 4
-    png, md = write_report([tmp_path], tmp_path / "report")
-    assert png.stat().st_size > 1000 and kind in md.read_text()
 
 
 def test_weights_published_to_reverb_reach_an_actor_and_change_its_actions():
@@ -166,19 +174,17 @@ def test_local_cli_refuses_a_missing_checkpoint(tmp_path):
     assert "--checkpoint=/nope.pt: no such file" in proc.stderr
 
 
-def test_report_cli_writes_curves_and_table(pretrained, tmp_path):
-    """launch.report over a finished run (made by the first test's machinery)."""
-    data, checkpoint, root = pretrained
-    run = tmp_path / "run"
-    cfg = replace(tiny_config(env_steps=150), objective=ObjectiveConfig(kind="odt"))
-    run.mkdir()
-    run_local(cfg, checkpoint, run, dataset_path=str(data), status=False)
-    proc = subprocess.run([sys.executable, "-m", "launch.report", f"--logdir={run}",
+def test_report_cli_compares_runs(local_runs, tmp_path):
+    """launch.report over the two objectives' runs: one PNG, one row per run."""
+    dirs = ",".join(str(local_runs[k][1]) for k in ("odt", "odt_td3"))
+    proc = subprocess.run([sys.executable, "-m", "launch.report", f"--logdir={dirs}",
                            f"--out={tmp_path / 'rep'}"], cwd=REPO, capture_output=True,
                           text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "rep" / "curves.png").stat().st_size > 1000
-    assert "| run | objective |" in (tmp_path / "rep" / "summary.md").read_text()
+    table = (tmp_path / "rep" / "summary.md").read_text()
+    assert "| run | objective |" in table
+    assert "| odt |" in table and "| odt_td3 |" in table
 
 
 def test_main_job_runs_collect_pretrain_finetune(tmp_path):
