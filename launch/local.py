@@ -102,7 +102,7 @@ def run_local(cfg, checkpoint: str | Path, run_dir: Path, *, dataset_path: str |
     """Fine-tune from `checkpoint` with local processes until cfg.finetune.env_steps."""
     from launch import roles  # imports reverb before torch in this process
 
-    from learner.checkpoint import load_checkpoint, load_policy
+    from learner.checkpoint import load_checkpoint
 
     from launch.pipeline import save_config
 
@@ -138,7 +138,7 @@ def run_local(cfg, checkpoint: str | Path, run_dir: Path, *, dataset_path: str |
         for i in range(cfg.actor.num_actors):
             sup.start(f"actor_{i}", roles.actor_role, i, cfg, paths, address, spec, stop_workers)
         sup.start("evaluator", roles.evaluator_role, cfg, paths, address, spec, stop_workers)
-        env_steps = _watch(sup, address, preload_items, cfg.finetune.env_steps, status)
+        _watch(sup, address, preload_items, cfg.finetune.env_steps, status)
         stop_workers.set()
         sup.join(["learner"], timeout=120)
         sup.join([n for n in sup.children if n.startswith(("actor", "evaluator"))], timeout=15)
@@ -154,16 +154,22 @@ def run_local(cfg, checkpoint: str | Path, run_dir: Path, *, dataset_path: str |
         sup.kill_all()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-    seconds = time.perf_counter() - start
-    model, final = load_policy(paths.learner_checkpoint)
+    return final_summary(cfg, paths, payload, time.perf_counter() - start)
+
+
+def final_summary(cfg, paths, pretrained: dict, seconds: float) -> FinetuneSummary:
+    """Evaluate the learner's last checkpoint (logged at the final env step) and sum up."""
+    from launch import roles
+    from learner.checkpoint import load_policy
     from learner.tensorboard import SummaryWriter
 
+    model, final = load_policy(paths.learner_checkpoint)
     with SummaryWriter(paths.role_dir("evaluator")) as writer:
         result = roles.evaluate_and_log(cfg, model, writer, final["env_steps"],
                                         final["learner"]["step"])
     return FinetuneSummary(
         env_steps=int(final["env_steps"]),
-        updates=int(final["learner"]["step"]) - int(payload["learner"]["step"]),
+        updates=int(final["learner"]["step"]) - int(pretrained["learner"]["step"]),
         seconds=seconds,
         final_return=result.mean_return,
         final_normalized=result.normalized_score,

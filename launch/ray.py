@@ -26,7 +26,7 @@ from pathlib import Path
 from absl import flags
 
 from launch.flags import define_run_flags, new_run_dir, resolve_config, run_main
-from launch.local import FinetuneSummary, RunFailed, define_finetune_flags
+from launch.local import FinetuneSummary, RunFailed, define_finetune_flags, final_summary
 
 
 def _import_ray():
@@ -93,7 +93,7 @@ def run_ray(cfg, checkpoint: str | Path, run_dir: Path, *, address: str = "auto"
     from launch import roles
     from launch.local import _env_info
     from launch.pipeline import save_config
-    from learner.checkpoint import load_checkpoint, load_policy
+    from learner.checkpoint import load_checkpoint
     from replay.tables import EXPERIENCE_TABLE, table_counts, wait_for_server
 
     if not ray.is_initialized():
@@ -149,21 +149,7 @@ def run_ray(cfg, checkpoint: str | Path, run_dir: Path, *, address: str = "auto"
                 pass
         for handle in handles.values():
             ray.kill(handle, no_restart=True)
-    seconds = time.perf_counter() - start
-    model, final = load_policy(paths.learner_checkpoint)
-    from learner.tensorboard import SummaryWriter
-
-    with SummaryWriter(paths.role_dir("evaluator")) as writer:
-        result = roles.evaluate_and_log(cfg, model, writer, final["env_steps"],
-                                        final["learner"]["step"])
-    return FinetuneSummary(
-        env_steps=int(final["env_steps"]),
-        updates=int(final["learner"]["step"]) - int(payload["learner"]["step"]),
-        seconds=seconds,
-        final_return=result.mean_return,
-        final_normalized=result.normalized_score,
-        learner_checkpoint=paths.learner_checkpoint,
-    )
+    return final_summary(cfg, paths, payload, time.perf_counter() - start)
 
 
 def _watch(ray, handles, address, preload, budget, status, table_counts, table) -> int:
