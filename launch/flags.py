@@ -118,3 +118,12 @@ def new_run_dir(logdir: str | None, name: str) -> Path:
         )
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def require_checkpoint(path: str | None) -> Path:
+    """The --checkpoint flag's file, or a clear error when it is missing."""
+    if path is None:
+        raise ValueError("--checkpoint is required: the pretrained checkpoint to fine-tune")
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"--checkpoint={path}: no such file")
+    return Path(path)

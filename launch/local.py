@@ -23,7 +23,13 @@ from pathlib import Path
 
 from absl import flags
 
-from launch.flags import define_run_flags, new_run_dir, resolve_config, run_main
+from launch.flags import (
+    define_run_flags,
+    new_run_dir,
+    require_checkpoint,
+    resolve_config,
+    run_main,
+)
 
 
 class RunFailed(RuntimeError):
@@ -46,6 +52,19 @@ class FinetuneSummary:
     @property
     def updates_per_s(self) -> float:
         return self.updates / self.seconds if self.seconds else 0.0
+
+    def rows(self, objective: str) -> list[tuple[str, str]]:
+        """The summary table an entry point prints at the end of a run."""
+        return [
+            ("objective", objective),
+            ("env steps", str(self.env_steps)),
+            ("updates", str(self.updates)),
+            ("fine-tuned eval return", f"{self.final_return:.1f}"),
+            ("wall time", f"{self.seconds:.0f} s"),
+            ("env steps/s", f"{self.env_steps_per_s:.0f}"),
+            ("updates/s", f"{self.updates_per_s:.1f}"),
+            ("checkpoint", str(self.learner_checkpoint)),
+        ]
 
 
 def _env_info(env_id: str) -> dict:
@@ -228,24 +247,12 @@ def main(argv) -> None:
     from launch.pipeline import save_config, summary_table
 
     FLAGS = flags.FLAGS
-    if FLAGS.checkpoint is None:
-        raise ValueError("--checkpoint is required: the pretrained checkpoint to fine-tune")
-    if not Path(FLAGS.checkpoint).is_file():
-        raise FileNotFoundError(f"--checkpoint={FLAGS.checkpoint}: no such file")
+    require_checkpoint(FLAGS.checkpoint)
     cfg = resolve_config()
     run_dir = new_run_dir(FLAGS.logdir, f"{cfg.name}-{cfg.objective.kind}")
     save_config(run_dir, cfg)
     summary = run_local(cfg, FLAGS.checkpoint, run_dir, dataset_path=cfg.data.path)
-    print(summary_table([
-        ("objective", cfg.objective.kind),
-        ("env steps", str(summary.env_steps)),
-        ("updates", str(summary.updates)),
-        ("fine-tuned eval return", f"{summary.final_return:.1f}"),
-        ("wall time", f"{summary.seconds:.0f} s"),
-        ("env steps/s", f"{summary.env_steps_per_s:.0f}"),
-        ("updates/s", f"{summary.updates_per_s:.1f}"),
-        ("checkpoint", str(summary.learner_checkpoint)),
-    ]))
+    print(summary_table(summary.rows(cfg.objective.kind)))
 
 
 if __name__ == "__main__":

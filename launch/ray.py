@@ -25,7 +25,13 @@ from pathlib import Path
 
 from absl import flags
 
-from launch.flags import define_run_flags, new_run_dir, resolve_config, run_main
+from launch.flags import (
+    define_run_flags,
+    new_run_dir,
+    require_checkpoint,
+    resolve_config,
+    run_main,
+)
 from launch.local import FinetuneSummary, RunFailed, define_finetune_flags, final_summary
 
 
@@ -180,22 +186,14 @@ def main(argv) -> None:
     from launch.pipeline import save_config, summary_table
 
     FLAGS = flags.FLAGS
-    if FLAGS.checkpoint is None or not Path(FLAGS.checkpoint).is_file():
-        raise FileNotFoundError(f"--checkpoint={FLAGS.checkpoint}: no such file")
+    require_checkpoint(FLAGS.checkpoint)
     cfg = resolve_config()
     run_dir = new_run_dir(FLAGS.logdir, f"{cfg.name}-{cfg.objective.kind}-ray")
     save_config(run_dir, cfg)
     summary = run_ray(cfg, FLAGS.checkpoint, run_dir, address=FLAGS.address,
                       dataset_path=cfg.data.path, learner_gpus=FLAGS.learner_gpus,
                       max_restarts=FLAGS.max_restarts)
-    print(summary_table([
-        ("objective", cfg.objective.kind),
-        ("env steps", str(summary.env_steps)),
-        ("updates", str(summary.updates)),
-        ("fine-tuned eval return", f"{summary.final_return:.1f}"),
-        ("wall time", f"{summary.seconds:.0f} s"),
-        ("checkpoint", str(summary.learner_checkpoint)),
-    ]))
+    print(summary_table(summary.rows(cfg.objective.kind)))
 
 
 if __name__ == "__main__":

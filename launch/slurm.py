@@ -33,6 +33,7 @@ from launch.flags import (
     OVERRIDES,
     define_run_flags,
     new_run_dir,
+    require_checkpoint,
     resolve_config,
     run_main,
 )
@@ -212,10 +213,7 @@ def define_slurm_flags() -> None:
 def main(argv) -> None:
     del argv
     FLAGS = flags.FLAGS
-    if FLAGS.checkpoint is None:
-        raise ValueError("--checkpoint is required: the pretrained checkpoint to fine-tune")
-    if not Path(FLAGS.checkpoint).is_file():
-        raise FileNotFoundError(f"--checkpoint={FLAGS.checkpoint}: no such file")
+    require_checkpoint(FLAGS.checkpoint)
     if FLAGS.actor_nodes is None:
         raise ValueError("--actor_nodes is required: how many CPU nodes run actors")
     if FLAGS.num_actors is not None:

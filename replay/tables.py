@@ -232,14 +232,7 @@ def table_counts(
     and every item ever inserted (evicted ones too). Raises ReplayUnavailable when
     the server does not answer within timeout_s.
     """
-    client = as_client(client_or_address)
-    try:
-        info = client.server_info(timeout=max(1, math.ceil(timeout_s)))
-    except reverb.errors.DeadlineExceededError as error:
-        raise ReplayUnavailable(f"replay server did not answer within {timeout_s:g} s") from error
-    if table not in info:
-        raise ValueError(f"no table {table!r} on the replay server (tables: {sorted(info)})")
-    table_info = info[table]
+    table_info = _table_info(client_or_address, table, timeout_s)
     limiter = table_info.rate_limiter_info
     return {
         "size": int(table_info.current_size),
@@ -248,18 +241,23 @@ def table_counts(
     }
 
 
-def _experience_info(client_or_address: ClientOrAddress, timeout_s: int):
+def _table_info(client_or_address: ClientOrAddress, table: str, timeout_s: float):
+    """The server's TableInfo for `table`; ReplayUnavailable when it does not answer."""
     client = as_client(client_or_address)
     try:
         info = client.server_info(timeout=max(1, math.ceil(timeout_s)))
     except reverb.errors.DeadlineExceededError as error:
         raise ReplayUnavailable(f"replay server did not answer within {timeout_s:g} s") from error
-    if EXPERIENCE_TABLE not in info:
+    if table not in info:
         raise ValueError(
-            f"the replay server has no {EXPERIENCE_TABLE!r} table (tables: {sorted(info)}); "
+            f"the replay server has no {table!r} table (tables: {sorted(info)}); "
             "is this an onramp replay server?"
         )
-    return info[EXPERIENCE_TABLE]
+    return info[table]
+
+
+def _experience_info(client_or_address: ClientOrAddress, timeout_s: int):
+    return _table_info(client_or_address, EXPERIENCE_TABLE, timeout_s)
 
 
 def preload_items_from_server(client_or_address: ClientOrAddress, *, timeout_s: int = 10) -> int:
