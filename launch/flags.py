@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 import time
-from dataclasses import replace
+from dataclasses import fields, is_dataclass, replace
 from pathlib import Path
 
 from absl import app, flags
@@ -42,7 +42,26 @@ def input_errors() -> tuple[type[BaseException], ...]:
     return tuple(errors)
 
 
+class RunStopped(Exception):
+    """A run that ended early; `exit_code` tells how (the message says how to resume)."""
+
+    exit_code = 1
+
+
+class RunFailed(RunStopped):
+    """A role process died beyond recovery; exit status 1."""
+
+
+class RunInterrupted(RunStopped):
+    """SIGINT or SIGTERM stopped the run; exit status 128 + the signal number."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.exit_code = 128 + signum
+
+
 def run_main(main) -> None:
+    """Run an entry point: exit 2 on bad input, RunStopped's code when a run ends early."""
     check_python()
 
     def guarded(argv):
@@ -51,6 +70,10 @@ def run_main(main) -> None:
         except input_errors() as exc:
             print(f"error: {exc}", file=sys.stderr)
             sys.exit(2)
+        except RunStopped as exc:
+            print(f"{'interrupted' if isinstance(exc, RunInterrupted) else 'error'}: {exc}",
+                  file=sys.stderr)
+            sys.exit(exc.exit_code)
 
     app.run(guarded)
 
@@ -67,6 +90,8 @@ def define_run_flags() -> None:
     flags.DEFINE_integer("pretrain_updates", None, "Offline gradient steps.")
     flags.DEFINE_integer("eval_episodes", None, "Evaluation episodes.")
     flags.DEFINE_integer("collect_episodes", None, "Episodes to record when no dataset is given.")
+    flags.DEFINE_multi_string("set", [], "Override any config field: --set=finetune.log_every=10 "
+                              "(repeatable; dotted path as in the run's config.json).")
 
 
 # Flag name -> the dotted config field it overrides, for every entry point that has it.
@@ -94,7 +119,7 @@ def with_field(config, path: str, value):
 
 def resolve_config():
     """The preset with flag overrides applied, validated; ValueError lists every problem."""
-    from launch.presets import get_preset, validate
+    from launch.presets import get_preset
 
     FLAGS = flags.FLAGS
     cfg = get_preset(FLAGS.preset)
@@ -103,10 +128,58 @@ def resolve_config():
             cfg = with_field(cfg, path, FLAGS[name].value)
     if FLAGS.seed is not None:
         cfg = with_field(cfg, "data.collect_seed", FLAGS.seed + 1)
+    for item in FLAGS.set:
+        cfg = apply_setting(cfg, item)
+    return checked(cfg)
+
+
+def checked(cfg):
+    """`cfg` itself once `launch.presets.validate` finds nothing; ValueError lists every problem."""
+    from launch.presets import validate
+
     problems = validate(cfg)
     if problems:
         raise ValueError("invalid configuration:\n  " + "\n  ".join(problems))
     return cfg
+
+
+def apply_setting(config, item: str):
+    """`config` with one `--set=dotted.path=value` applied, the value parsed to the field's
+    type; ValueError names an unknown path or a value of the wrong type."""
+    path, sep, text = item.partition("=")
+    if not sep or not path:
+        raise ValueError(f"--set={item!r}: expected dotted.field=value")
+    node = config
+    for name in path.split("."):
+        if not is_dataclass(node) or name not in {f.name for f in fields(node)}:
+            raise ValueError(f"--set={item!r}: {path!r} is not a config field")
+        node = getattr(node, name)
+    if is_dataclass(node):
+        raise ValueError(f"--set={item!r}: {path!r} is a section, not a field")
+    return with_field(config, path, _parse_like(node, text, item))
+
+
+def _parse_like(current, text: str, item: str):
+    if text.lower() in ("none", "null") and (current is None or isinstance(current, str)):
+        return None
+    try:
+        if isinstance(current, bool):
+            if text.lower() not in ("true", "false", "1", "0"):
+                raise ValueError
+            return text.lower() in ("true", "1")
+        if isinstance(current, int):
+            return int(text)
+        if isinstance(current, float):
+            return float(text)
+        if current is None:
+            for kind in (int, float):
+                try:
+                    return kind(text)
+                except ValueError:
+                    pass
+    except ValueError:
+        raise ValueError(f"--set={item!r}: {text!r} is not a {type(current).__name__}") from None
+    return text
 
 
 def new_run_dir(logdir: str | None, name: str) -> Path:
@@ -114,7 +187,8 @@ def new_run_dir(logdir: str | None, name: str) -> Path:
     path = Path(logdir) if logdir else Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
     if path.exists() and (path.is_file() or any(path.iterdir())):
         raise FileExistsError(
-            f"logdir={str(path)!r} already exists and is not empty; choose another --logdir"
+            f"logdir={str(path)!r} already exists and is not empty; choose another --logdir "
+            "(or pass --resume to continue the run there)"
         )
     path.mkdir(parents=True, exist_ok=True)
     return path

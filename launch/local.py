@@ -2,28 +2,41 @@
 
     python -m launch.local --preset=quickstart --checkpoint=runs/x/pretrain/checkpoint.pt \
         [--objective=odt|odt_td3] [--num_actors=2 --envs_per_actor=4] [--env_steps=...] \
-        [--logdir=runs/...]
+        [--logdir=runs/...] [--set=finetune.checkpoint_every=500 ...]
+    python -m launch.local --resume --logdir=runs/... [--env_steps=...]
 
 Starts the replay server (preloading the top offline trajectories when the
-checkpoint's dataset is at hand), waits until it answers, then the learner, N actors
-and the evaluator; prints a status line; stops everything at the environment-step
-budget or at the first failure, and never leaves a child process behind. Ends with
-a final evaluation of the learner's last weights.
+checkpoint's dataset is at hand, or restoring the run's replay checkpoint on
+--resume), waits until it answers, then the learner, N actors and the evaluator;
+prints a status line; stops everything at the environment-step budget, and never
+leaves a child process behind. Ends with a final evaluation of the learner's last
+weights.
+
+Faults: a crashed actor or evaluator is restarted after 1 s, 2 s, 4 s, ...
+(finetune.max_restarts times each) and the run goes on. A crashed learner or replay
+server, or a role past its restarts, stops the run (exit status 1): the learner's
+last checkpoint stays, the replay tables are checkpointed, and the message says how
+to resume. SIGINT or SIGTERM stops every child within 10 s after a final learner and
+replay checkpoint (exit status 130 or 143). Children ignore SIGINT, so a Ctrl-C that
+reaches the whole process group is handled by the launcher alone.
 """
 
 from __future__ import annotations
 
+import json
 import multiprocessing as mp
 import queue
 import signal
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from absl import flags
 
 from launch.flags import (
+    RunFailed,
+    RunInterrupted,
     define_run_flags,
     new_run_dir,
     require_checkpoint,
@@ -31,9 +44,8 @@ from launch.flags import (
     run_main,
 )
 
-
-class RunFailed(RuntimeError):
-    """A role process died; the message names it and its exit code."""
+SIGNAL_STOP_S = 10.0
+"""Every child is gone this long after SIGINT or SIGTERM."""
 
 
 @dataclass
@@ -80,22 +92,101 @@ def _env_info(env_id: str) -> dict:
     }
 
 
-class Supervisor:
-    """Owns the child processes: starts, watches and always stops them."""
+class RoleDied(RuntimeError):
+    """A role process that may not be restarted (or has no restarts left) died."""
 
-    def __init__(self):
+
+def _role_main(target, *args) -> None:
+    """The body of a child process: the role, with SIGINT left to the launcher."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    target(*args)
+
+
+@dataclass
+class _Role:
+    target: object
+    args: tuple
+    restartable: bool
+    restarts: int = 0
+    restart_at: float | None = None
+    exit_codes: list[int] = field(default_factory=list)
+
+
+class Supervisor:
+    """Owns the child processes: starts, restarts, watches and always stops them.
+
+    A restartable role (actors, evaluator) that dies is started again after
+    `backoff_s`, then twice that, and so on, at most `max_restarts` times; its target
+    gets the restart count as its last argument. Any other role that dies, or a
+    restartable one past its limit, makes `poll` raise RoleDied. With `run_dir`, each
+    role's pid and restarts are kept in `run_dir/processes.json`.
+    """
+
+    def __init__(self, run_dir: Path | None = None, max_restarts: int = 3,
+                 backoff_s: float = 1.0, log=None):
         self.ctx = mp.get_context("spawn")
         self.children: dict[str, mp.Process] = {}
+        self.roles: dict[str, _Role] = {}
+        self.run_dir = run_dir
+        self.max_restarts = max_restarts
+        self.backoff_s = backoff_s
+        self.log = log or (lambda message: print(message, file=sys.stderr, flush=True))
 
-    def start(self, name: str, target, *args) -> mp.Process:
-        proc = self.ctx.Process(target=target, args=args, name=name, daemon=False)
+    def start(self, name: str, target, *args, restartable: bool = False) -> mp.Process:
+        self.roles[name] = _Role(target, args, restartable)
+        return self._spawn(name)
+
+    def _spawn(self, name: str) -> mp.Process:
+        role = self.roles[name]
+        args = role.args + ((role.restarts,) if role.restartable else ())
+        proc = self.ctx.Process(target=_role_main, args=(role.target, *args), name=name,
+                                daemon=False)
         proc.start()
         self.children[name] = proc
+        self._record()
         return proc
+
+    def _record(self) -> None:
+        if self.run_dir is None:
+            return
+        table = {name: {"pid": p.pid, "restarts": self.roles[name].restarts,
+                        "exit_codes": self.roles[name].exit_codes}
+                 for name, p in self.children.items()}
+        path = Path(self.run_dir) / "processes.json"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(table, indent=1))
+        tmp.replace(path)
+
+    def poll(self) -> None:
+        """Restart what died and may be restarted; raise RoleDied for anything else."""
+        now = time.monotonic()
+        for name, role in self.roles.items():
+            code = self.children[name].exitcode
+            if code is None or code == 0:
+                continue
+            if not role.restartable:
+                raise RoleDied(f"{name} exited with code {code}")
+            if role.restart_at is None:
+                role.exit_codes.append(code)
+                if role.restarts >= self.max_restarts:
+                    raise RoleDied(f"{name} exited with code {code} after {role.restarts} "
+                                   f"restarts (finetune.max_restarts={self.max_restarts})")
+                delay = self.backoff_s * 2 ** role.restarts
+                role.restart_at = now + delay
+                self.log(f"{name} exited with code {code}; restarting it in {delay:g} s "
+                         f"(restart {role.restarts + 1} of {self.max_restarts})")
+            elif now >= role.restart_at:
+                role.restarts += 1
+                role.restart_at = None
+                self._spawn(name)
 
     def failed(self) -> list[str]:
         return [f"{name} (exit code {p.exitcode})" for name, p in self.children.items()
                 if p.exitcode not in (None, 0)]
+
+    def alive(self, name: str) -> bool:
+        proc = self.children.get(name)
+        return proc is not None and proc.is_alive()
 
     def join(self, names, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -116,64 +207,155 @@ class Supervisor:
                 proc.join(1.0)
 
 
+class _Signal(BaseException):
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def resume_hint(run_dir: Path) -> str:
+    return f"resume with: python -m launch.local --resume --logdir={run_dir}"
+
+
+def fit_model_to_checkpoint(cfg, payload: dict, checkpoint, env_info: dict):
+    """`cfg` with the checkpoint's model; CheckpointError when it cannot act in cfg's env.
+
+    The checkpoint defines the network (its width and depth come from pretraining);
+    its observation, action and context sizes must fit the environment and the
+    replay windows of this run.
+    """
+    from learner.checkpoint import CheckpointError, model_config_from
+
+    model = model_config_from(payload)
+    obs, act = tuple(env_info["observation_shape"]), tuple(env_info["action_shape"])
+    if (model.state_dim,) != obs or (model.act_dim,) != act:
+        raise CheckpointError(
+            f"{checkpoint}: its model takes observations of size {model.state_dim} and "
+            f"actions of size {model.act_dim}, but {cfg.env.env_id} has observation shape "
+            f"{obs} and action shape {act}; was it pretrained for another preset?"
+        )
+    return replace(cfg, model=replace(model, policy=cfg.model.policy))
+
+
 def run_local(cfg, checkpoint: str | Path, run_dir: Path, *, dataset_path: str | None = None,
               status: bool = True) -> FinetuneSummary:
-    """Fine-tune from `checkpoint` with local processes until cfg.finetune.env_steps."""
+    """Fine-tune from `checkpoint` with local processes until cfg.finetune.env_steps.
+
+    A `run_dir` holding a replay checkpoint continues that run (`resume_run`).
+    Raises RunFailed or RunInterrupted when the run ends early.
+    """
     from launch import roles  # imports reverb before torch in this process
 
     from learner.checkpoint import load_checkpoint
 
     from launch.pipeline import save_config
+    from replay.tables import wait_for_server
 
-    payload = load_checkpoint(checkpoint)
-    dataset_path = dataset_path or payload.get("dataset")
     run_dir = Path(run_dir)
-    if not (run_dir / "config.json").exists():
-        save_config(run_dir, cfg)
+    payload = load_checkpoint(checkpoint)
     env_info = _env_info(cfg.env.env_id)
+    cfg = fit_model_to_checkpoint(cfg, payload, checkpoint, env_info)
+    dataset_path = dataset_path or payload.get("dataset")
+    started_from = run_dir / "finetune.json"
+    if not started_from.exists():
+        save_config(run_dir, cfg)
+        started_from.write_text(json.dumps({"checkpoint": str(Path(checkpoint).absolute()),
+                                            "dataset": dataset_path}))
     paths = roles.RunPaths(str(run_dir), str(checkpoint))
-    sup = Supervisor()
+    sup = Supervisor(run_dir, cfg.finetune.max_restarts, cfg.finetune.restart_backoff_s)
     stop_workers, stop_replay = sup.ctx.Event(), sup.ctx.Event()
     ready = sup.ctx.Queue()
     start = time.perf_counter()
     previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
 
     def on_signal(signum, frame):
-        raise KeyboardInterrupt(f"signal {signum}")
+        for sig in previous:  # a second signal waits until this one is handled
+            signal.signal(sig, signal.SIG_IGN)
+        raise _Signal(signum)
 
     for sig in previous:
         signal.signal(sig, on_signal)
+    address, preload_items = None, 0
     try:
-        sup.start("replay", roles.replay_role, cfg, env_info, dataset_path, cfg.replay.port,
-                  ready, stop_replay)
-        port, preload_items = _wait_ready(ready, sup, timeout_s=300)
-        address = f"localhost:{port}"
-        from replay.tables import wait_for_server
-
-        wait_for_server(address, timeout_s=30)
-        spec = roles.replay_spec(cfg, env_info["observation_shape"], env_info["action_shape"],
-                                 env_info["max_episode_steps"], preload_items)
-        sup.start("learner", roles.learner_role, cfg, paths, address, spec, stop_workers)
-        for i in range(cfg.actor.num_actors):
-            sup.start(f"actor_{i}", roles.actor_role, i, cfg, paths, address, spec, stop_workers)
-        sup.start("evaluator", roles.evaluator_role, cfg, paths, address, spec, stop_workers)
-        _watch(sup, address, preload_items, cfg.finetune.env_steps, status)
-        stop_workers.set()
-        sup.join(["learner"], timeout=120)
-        sup.join([n for n in sup.children if n.startswith(("actor", "evaluator"))], timeout=15)
-        failures = sup.failed()
-        if failures:
-            raise RunFailed("role process failed: " + ", ".join(failures))
-        if sup.children["learner"].is_alive():
-            raise RunFailed("learner did not stop within 120 s")
+        try:
+            sup.start("replay", roles.replay_role, cfg, env_info, dataset_path,
+                      cfg.replay.port, ready, stop_replay, str(paths.replay_checkpoints))
+            port, preload_items = _wait_ready(ready, sup, timeout_s=300)
+            address = f"localhost:{port}"
+            wait_for_server(address, timeout_s=30)
+            spec = roles.replay_spec(cfg, env_info["observation_shape"],
+                                     env_info["action_shape"], env_info["max_episode_steps"],
+                                     preload_items)
+            sup.start("learner", roles.learner_role, cfg, paths, address, spec, stop_workers)
+            for i in range(cfg.actor.num_actors):
+                sup.start(f"actor_{i}", roles.actor_role, i, cfg, paths, address, spec,
+                          stop_workers, restartable=True)
+            sup.start("evaluator", roles.evaluator_role, cfg, paths, address, spec,
+                      stop_workers, restartable=True)
+            _watch(sup, address, preload_items, cfg.finetune.env_steps, status)
+            stop_workers.set()
+            sup.join(["learner"], timeout=120)
+            sup.join([n for n in sup.children if n.startswith(("actor", "evaluator"))],
+                     timeout=15)
+            if sup.alive("learner"):
+                raise RoleDied("learner did not stop within 120 s")
+            sup.poll()
+        except _Signal as sig:
+            stop_workers.set()
+            deadline = time.monotonic() + SIGNAL_STOP_S
+            sup.join(["learner"], timeout=SIGNAL_STOP_S - 4)  # its final checkpoints
+            _stop_workers(sup, deadline - time.monotonic() - 3)
+            name = signal.Signals(sig.signum).name
+            raise RunInterrupted(f"{name} received; the learner's last checkpoint is "
+                                 f"{paths.learner_checkpoint}; {resume_hint(run_dir)}",
+                                 sig.signum) from None
+        except RoleDied as died:
+            stop_workers.set()
+            _stop_after_failure(sup, address, paths, preload_items)
+            raise RunFailed(f"{died}; the run stopped. The learner's last checkpoint is "
+                            f"{paths.learner_checkpoint}; {resume_hint(run_dir)}") from None
     finally:
         stop_workers.set()
         stop_replay.set()
-        sup.join(["replay"], timeout=10)
-        sup.kill_all()
+        sup.join(["replay"], timeout=3)
+        sup.kill_all(grace_s=1.0)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     return final_summary(cfg, paths, payload, time.perf_counter() - start)
+
+
+def _stop_workers(sup: Supervisor, timeout_s: float) -> None:
+    """Wait up to timeout_s for actors and evaluator to stop, then kill what is left:
+    an actor held by the rate limiter cannot stop once the learner is gone."""
+    names = [n for n in sup.children if n.startswith(("actor", "evaluator"))]
+    sup.join(names, timeout=max(timeout_s, 0.0))
+    for name in names:
+        proc = sup.children[name]
+        if proc.is_alive():
+            proc.kill()
+            proc.join(1.0)
+
+
+def _stop_after_failure(sup: Supervisor, address: str | None, paths, preload_items: int) -> None:
+    """After a fatal failure: let a live learner write its final checkpoints; with the
+    learner dead, stop the actors and checkpoint the replay tables it left."""
+    from launch import roles
+
+    if sup.alive("learner"):
+        sup.join(["learner"], timeout=60)
+        _stop_workers(sup, 5)
+        return
+    _stop_workers(sup, 2)
+    if address is not None and sup.alive("replay"):
+        import reverb
+
+        try:
+            record = roles.checkpoint_replay_and_record(reverb.Client(address), paths,
+                                                        preload_items)
+            sup.log(f"replay checkpoint written at {record['env_steps']} env steps "
+                    f"({record['size']} windows)")
+        except Exception as error:  # the failure being reported matters more
+            sup.log(f"replay checkpoint failed: {error}")
 
 
 def final_summary(cfg, paths, pretrained: dict, seconds: float) -> FinetuneSummary:
@@ -197,10 +379,15 @@ def final_summary(cfg, paths, pretrained: dict, seconds: float) -> FinetuneSumma
 
 
 def _wait_ready(ready, sup: Supervisor, timeout_s: float) -> tuple[int, int]:
+    """(port, preload items) from the replay role; its refusal of a restored table is
+    re-raised here as ValueError (bad input: a run directory from another config)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         try:
-            return ready.get(timeout=0.5)
+            first, second = ready.get(timeout=0.5)
+            if first == "error":
+                raise ValueError(second)
+            return first, second
         except queue.Empty:
             if sup.failed():
                 raise RunFailed("replay server failed to start: " + ", ".join(sup.failed()))
@@ -213,21 +400,29 @@ def _watch(sup: Supervisor, address: str, preload: int, budget: int, status: boo
 
     from replay.tables import EXPERIENCE_TABLE, table_counts
 
+    from replay.tables import ReplayUnavailable
+
     client = reverb.Client(address)
     start = time.perf_counter()
-    env_steps = 0
-    while env_steps < budget:
+    env_steps = first = None
+    while env_steps is None or env_steps < budget:
         time.sleep(1.0)
-        failures = sup.failed()
-        if failures:
-            raise RunFailed("role process failed: " + ", ".join(failures))
-        counts = table_counts(client, EXPERIENCE_TABLE)
+        sup.poll()
+        try:
+            counts = table_counts(client, EXPERIENCE_TABLE)
+        except ReplayUnavailable:
+            sup.poll()
+            raise RoleDied("the replay server stopped answering") from None
         env_steps = int(counts["inserts"] - preload)
+        first = env_steps if first is None else first
         if status:
             elapsed = time.perf_counter() - start
+            restarts = sum(r.restarts for r in sup.roles.values())
             print(f"\r[{elapsed:6.0f} s] env steps {env_steps}/{budget} "
-                  f"({env_steps / elapsed:.0f}/s)  learner samples {counts['samples']:.0f}  "
-                  f"replay size {counts['size']:.0f}", end="", file=sys.stderr, flush=True)
+                  f"({(env_steps - first) / elapsed:.0f}/s)  learner samples "
+                  f"{counts['samples']:.0f}  replay size {counts['size']:.0f}"
+                  + (f"  restarts {restarts}" if restarts else ""),
+                  end="", file=sys.stderr, flush=True)
     if status:
         print(file=sys.stderr)
     return env_steps
@@ -240,6 +435,49 @@ def define_finetune_flags() -> None:
     flags.DEFINE_integer("num_actors", None, "Actor processes.")
     flags.DEFINE_integer("envs_per_actor", None, "Environments per actor.")
     flags.DEFINE_integer("env_steps", None, "Online budget in environment steps.")
+    flags.DEFINE_bool("resume", False, "Continue the fine-tuning run in --logdir from its "
+                      "checkpoints, with its saved config (only --env_steps may change).")
+
+
+# Flags a resumed run may not change: it continues with its saved config.
+_FIXED_ON_RESUME = ("preset", "dataset", "seed", "device", "objective", "pretrain_updates",
+                    "eval_episodes", "collect_episodes", "num_actors", "envs_per_actor",
+                    "set", "checkpoint")
+
+
+def resume_run(logdir: str | None) -> tuple[object, Path, Path, str | None]:
+    """(config, checkpoint, run directory, dataset) of the fine-tuning run to continue.
+
+    The config is the run's saved config.json (with --env_steps if given); the
+    checkpoint is the learner's latest, or the one the run started from when the
+    learner never wrote one. ValueError when there is nothing to resume.
+    """
+    from launch.flags import checked
+    from launch.presets import RunConfig
+
+    FLAGS = flags.FLAGS
+    if not logdir:
+        raise ValueError("--resume needs --logdir: the run directory to continue")
+    run_dir = Path(logdir)
+    changed = [f"--{name}" for name in _FIXED_ON_RESUME if name in FLAGS and FLAGS[name].present]
+    if changed:
+        raise ValueError(f"--resume continues {run_dir} with its saved config; "
+                         f"{', '.join(changed)} cannot change it (only --env_steps can)")
+    started = run_dir / "finetune.json"
+    if not (run_dir / "config.json").is_file() or not started.is_file():
+        raise ValueError(f"--logdir={run_dir}: not a fine-tuning run directory "
+                         "(no config.json and finetune.json); nothing to resume")
+    try:
+        cfg = RunConfig.from_dict(json.loads((run_dir / "config.json").read_text()))
+        origin = json.loads(started.read_text())
+    except (ValueError, TypeError) as exc:  # json.JSONDecodeError is a ValueError
+        raise ValueError(f"{run_dir}: unreadable saved config ({exc})") from exc
+    if FLAGS.env_steps is not None:
+        cfg = replace(cfg, finetune=replace(cfg.finetune, env_steps=FLAGS.env_steps))
+    checkpoint = run_dir / "learner" / "checkpoint.pt"
+    if not checkpoint.is_file():
+        checkpoint = Path(origin["checkpoint"])
+    return checked(cfg), checkpoint, run_dir, origin.get("dataset")
 
 
 def main(argv) -> None:
@@ -247,11 +485,16 @@ def main(argv) -> None:
     from launch.pipeline import save_config, summary_table
 
     FLAGS = flags.FLAGS
-    require_checkpoint(FLAGS.checkpoint)
-    cfg = resolve_config()
-    run_dir = new_run_dir(FLAGS.logdir, f"{cfg.name}-{cfg.objective.kind}")
-    save_config(run_dir, cfg)
-    summary = run_local(cfg, FLAGS.checkpoint, run_dir, dataset_path=cfg.data.path)
+    if FLAGS.resume:
+        cfg, checkpoint, run_dir, dataset = resume_run(FLAGS.logdir)
+        print(f"onramp: resuming {run_dir} from {checkpoint}", file=sys.stderr)
+    else:
+        checkpoint = require_checkpoint(FLAGS.checkpoint)
+        cfg = resolve_config()
+        run_dir = new_run_dir(FLAGS.logdir, f"{cfg.name}-{cfg.objective.kind}")
+        save_config(run_dir, cfg)
+        dataset = cfg.data.path
+    summary = run_local(cfg, checkpoint, run_dir, dataset_path=dataset)
     print(summary_table(summary.rows(cfg.objective.kind)))
 
 

@@ -12,6 +12,7 @@ Presets:
 from __future__ import annotations
 
 import os
+import typing
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 
@@ -98,6 +99,12 @@ class FinetuneConfig:
     checkpoint_every: int = 5000
     eval_every_env_steps: int = 10_000
     """The evaluator runs every this many environment steps."""
+    max_nonfinite_updates: int = 10
+    """Consecutive updates with a NaN or inf loss (each skipped) that stop the run."""
+    max_restarts: int = 3
+    """Restarts of each crashed actor or evaluator before the run gives up."""
+    restart_backoff_s: float = 1.0
+    """Wait before the first restart of a role; doubles with each further restart."""
 
 
 @dataclass(frozen=True)
@@ -121,6 +128,29 @@ class RunConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "RunConfig":
+        """The inverse of `to_dict` (a run's saved config.json); ValueError on unknown fields."""
+        return _from_dict(cls, values, "config")
+
+
+def _from_dict(cls, values, where: str):
+    if not isinstance(values, dict):
+        raise ValueError(f"{where}: expected a mapping, got {type(values).__name__}")
+    types = typing.get_type_hints(cls)
+    unknown = sorted(set(values) - set(types))
+    if unknown:
+        raise ValueError(f"{where}: unknown field(s) {', '.join(unknown)}")
+    kwargs = {}
+    for name, value in values.items():
+        if is_dataclass(types[name]):
+            value = _from_dict(types[name], value, f"{where}.{name}")
+        kwargs[name] = value
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:
+        raise ValueError(f"{where}: {exc}") from exc
 
 
 def flatten(config, prefix: str = "") -> dict[str, object]:

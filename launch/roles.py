@@ -15,10 +15,21 @@ from __future__ import annotations
 from replay import _reverb  # noqa: F401  (reverb/TF before torch)
 from replay.params import ParamsPuller, publish_params
 from replay.stream import window_batches
-from replay.tables import EXPERIENCE_TABLE, ReplaySpec, start_server, table_counts
+from replay.tables import (
+    EXPERIENCE_TABLE,
+    ReplaySpec,
+    ReplayUnavailable,
+    check_restored,
+    checkpoint_replay,
+    has_checkpoint,
+    preload_items_from_server,
+    start_server,
+    table_counts,
+)
 from replay.writer import EpisodeWriter
 
 # isort: on
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +54,34 @@ class RunPaths:
     def learner_checkpoint(self) -> Path:
         return self.role_dir("learner") / "checkpoint.pt"
 
+    @property
+    def replay_checkpoints(self) -> Path:
+        """Reverb's checkpoint folder: written with the learner's checkpoints, restored
+        by a replay server started on this run directory."""
+        return self.role_dir("replay") / "checkpoints"
+
+    @property
+    def replay_checkpoint_record(self) -> Path:
+        """JSON of the table counts at the latest replay checkpoint (and its path)."""
+        return self.role_dir("replay") / "checkpoint.json"
+
+
+def checkpoint_replay_and_record(client, paths: RunPaths, preload_items: int) -> dict:
+    """Checkpoint the replay tables and record their counts next to the checkpoints.
+
+    The counts are read right after the checkpoint; they match it exactly when no
+    actor or learner is using the server.
+    """
+    path = checkpoint_replay(client)
+    counts = table_counts(client, EXPERIENCE_TABLE)
+    record = {"path": path, "env_steps": counts["inserts"] - preload_items, **counts}
+    target = paths.replay_checkpoint_record
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_suffix(".tmp")
+    tmp.write_text(json.dumps(record))
+    tmp.replace(target)
+    return record
+
 
 def replay_spec(cfg, observation_shape, action_shape, max_episode_steps: int,
                 preload_items: int = 0) -> ReplaySpec:
@@ -64,29 +103,53 @@ def _sleep_until(stop, seconds: float) -> None:
 # ---- replay ----------------------------------------------------------------------
 
 
-def replay_role(cfg, env_info: dict, dataset_path: str | None, port: int, ready, stop) -> None:
+def replay_role(cfg, env_info: dict, dataset_path: str | None, port: int, ready, stop,
+                checkpoint_dir: str | None = None) -> None:
     """Serve the experience and params tables until `stop`; preload top-N offline episodes.
 
-    Puts (port, preload_items) on the `ready` queue once the preload is in.
+    With `checkpoint_dir` holding a Reverb checkpoint (a resumed run), the tables are
+    restored from it instead: experience, and the rate limiter's counters, which keep
+    counting environment steps and the learner's samples where they were; nothing is
+    preloaded again (the restored limiter is centred on the first run's preload, and
+    more inserts would hold the actors back for good). Puts (port, preload_items) on
+    the `ready` queue once the tables are ready.
     """
+    from learner.tensorboard import SummaryWriter
     from replay.datasets import load_dataset
     from replay.offline import flatten_episodes, top_episodes
 
     box = ActionBox.from_bounds(env_info["action_low"], env_info["action_high"])
+    restoring = has_checkpoint(checkpoint_dir)
     preload = []
-    if dataset_path is not None and cfg.replay.preload_trajectories > 0:
+    if not restoring and dataset_path is not None and cfg.replay.preload_trajectories > 0:
         episodes = load_dataset(dataset_path).episodes
         best = top_episodes(episodes, min(cfg.replay.preload_trajectories,
                                           cfg.replay.capacity_trajectories))
         preload = [flatten_episodes([ep], box) for ep in best if ep.length > 0]
     spec = replay_spec(cfg, env_info["observation_shape"], env_info["action_shape"],
                        env_info["max_episode_steps"], sum(len(p) for p in preload))
-    server = start_server(spec, port=port or None)
+    server = start_server(spec, port=port or None, checkpoint_dir=checkpoint_dir)
     try:
-        writer = EpisodeWriter(server.localhost_client(), spec)
-        for steps in preload:  # ascending return: FIFO evicts the worst first
-            writer.write(steps)
-        writer.close()
+        client = server.localhost_client()
+        if restoring:
+            preload_items = preload_items_from_server(client)
+            spec = replay_spec(cfg, env_info["observation_shape"], env_info["action_shape"],
+                               env_info["max_episode_steps"], preload_items)
+            try:
+                counts = check_restored(client, spec)
+            except ValueError as error:
+                ready.put(("error", f"{checkpoint_dir}: {error}"))
+                return
+            with SummaryWriter(Path(checkpoint_dir).parent) as writer:
+                writer.scalars({"replay/restored_size": counts["size"],
+                                "replay/restored_inserts": counts["inserts"],
+                                "replay/restored_samples": counts["samples"]},
+                               counts["inserts"] - preload_items)
+        else:
+            writer = EpisodeWriter(client, spec)
+            for steps in preload:  # ascending return: FIFO evicts the worst first
+                writer.write(steps)
+            writer.close()
         ready.put((server.port, spec.preload_items))
         while not stop.is_set():
             _sleep_until(stop, 0.5)
@@ -98,9 +161,24 @@ def replay_role(cfg, env_info: dict, dataset_path: str | None, port: int, ready,
 
 
 def _batches_until(address, spec, batch_size, stop):
-    """Window batches; the dataset ends after 1 s without samples, so `stop` is seen."""
+    """Window batches; the dataset ends after 1 s without samples, so `stop` is seen.
+
+    Ends when the replay server stops answering, so the learner still writes its
+    final checkpoint.
+    """
+    from replay._reverb import tf
+    from replay.tables import wait_for_server
+
     while not stop.is_set():
-        yield from window_batches(address, spec, batch_size, rate_limiter_timeout_ms=1000)
+        try:
+            yield from window_batches(address, spec, batch_size, rate_limiter_timeout_ms=1000)
+        except (tf.errors.OpError, RuntimeError) as error:
+            try:
+                wait_for_server(address, timeout_s=5)
+            except ReplayUnavailable:
+                print(f"learner: replay server at {address} is gone ({error}); stopping",
+                      flush=True)
+                return
 
 
 def learner_role(cfg, paths: RunPaths, address: str, spec: ReplaySpec, stop) -> None:
@@ -151,7 +229,9 @@ def learner_role(cfg, paths: RunPaths, address: str, spec: ReplaySpec, stop) -> 
     import reverb  # the client lives in this process
 
     client = reverb.Client(address)
-    writer = SummaryWriter(paths.role_dir("learner")) if rank == 0 else NullWriter()
+    # A resumed learner's step may be behind what the previous process logged.
+    writer = (SummaryWriter(paths.role_dir("learner"), purge_step=learner.step) if rank == 0
+              else NullWriter())
     table = flatten(cfg)
     if world_size > 1:
         table.update({
@@ -162,14 +242,26 @@ def learner_role(cfg, paths: RunPaths, address: str, spec: ReplaySpec, stop) -> 
         })
     writer.text("config", markdown_table(table), step=learner.step)
 
+    last_counts = {"env_steps": 0}
+
     def counters():
         counts = table_counts(client, EXPERIENCE_TABLE)
         counts["env_steps"] = counts["inserts"] - spec.preload_items
+        last_counts.update(counts)
         return counts
 
     def checkpoint():
+        """The learner's checkpoint, then the replay server's at the same moment."""
+        try:
+            env_steps = int(counters()["env_steps"])
+        except ReplayUnavailable:  # the server is gone: keep the learner's state anyway
+            env_steps = int(last_counts["env_steps"])
         save_learner(paths.learner_checkpoint, learner, run_config=cfg.to_dict(),
-                     env_steps=int(counters()["env_steps"]))
+                     env_steps=env_steps)
+        try:
+            checkpoint_replay_and_record(client, paths, spec.preload_items)
+        except (ReplayUnavailable, RuntimeError) as error:
+            print(f"learner: replay checkpoint failed: {error}", flush=True)
 
     stats = data_parallel_finetune_loop(
         learner,
@@ -182,6 +274,7 @@ def learner_role(cfg, paths: RunPaths, address: str, spec: ReplaySpec, stop) -> 
         log_every=cfg.finetune.log_every,
         checkpoint_every=cfg.finetune.checkpoint_every,
         checkpoint=checkpoint,
+        max_nonfinite_updates=cfg.finetune.max_nonfinite_updates,
     )
     if rank == 0:
         checkpoint()
@@ -218,33 +311,47 @@ def load_arrays(model, arrays: dict[str, np.ndarray]) -> None:
     model.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in arrays.items()})
 
 
+def run_env_steps(address: str, spec: ReplaySpec) -> int:
+    """Environment steps of the whole run so far, from the replay server's counters."""
+    return int(table_counts(address, EXPERIENCE_TABLE)["inserts"]) - spec.preload_items
+
+
 def actor_role(actor_id: int, cfg, paths: RunPaths, address: str, spec: ReplaySpec,
-               stop) -> None:
+               stop, incarnation: int = 0) -> None:
+    """Act with the newest weights and write finished episodes until `stop`.
+
+    `incarnation` counts restarts of this actor: each one gets its own seeds. The
+    actor's TensorBoard step is the run's environment steps when it started plus its
+    own, so a restarted or resumed actor's curves go on from where the run is.
+    """
     from actors.actor import Actor
     from actors.context import BatchedPolicy
     from actors.envs import VectorEnv
 
     torch.set_num_threads(1)
-    seed = cfg.seed * 10_000 + 100 + actor_id * cfg.actor.envs_per_actor
+    seed = (cfg.seed * 10_000 + 100 + actor_id * cfg.actor.envs_per_actor
+            + incarnation * 1_000_003)
     model = policy_from_checkpoint(cfg, paths.checkpoint)
     mode = "sample" if cfg.objective.kind == "odt" else "noisy"
     policy = BatchedPolicy(model, mode=mode, noise_std=cfg.actor.exploration_noise, seed=seed)
     env = VectorEnv(cfg.env.env_id, cfg.actor.envs_per_actor, seed)
     puller = ParamsPuller(address, expected_params(model), interval_s=cfg.actor.params_interval_s)
     puller.start()
-    writer = SummaryWriter(paths.role_dir(f"actor_{actor_id}"))
+    base_step = run_env_steps(address, spec)
+    writer = SummaryWriter(paths.role_dir(f"actor_{actor_id}"), purge_step=base_step)
     sink = EpisodeWriter(address, spec)
     started = time.perf_counter()
 
     actor: Actor
 
     def on_episode(ret: float, length: int, lag: int) -> None:
-        steps = actor.stats.env_steps
+        steps = base_step + actor.stats.env_steps
         writer.scalars({
             "actor/episode_return": ret,
             "actor/episode_length": length,
             "actor/policy_lag": lag,
-            "actor/env_steps_per_s": steps / max(time.perf_counter() - started, 1e-9),
+            "actor/env_steps_per_s": actor.stats.env_steps / max(time.perf_counter() - started,
+                                                                 1e-9),
             "actor/params_rejected": puller.rejected,
         }, steps)
 
@@ -260,7 +367,7 @@ def actor_role(actor_id: int, cfg, paths: RunPaths, address: str, spec: ReplaySp
                 "actor/env_ms_per_step": 1e3 * stats.env_s / stats.env_steps,
                 "actor/write_ms_per_step": 1e3 * stats.write_s / stats.env_steps,
                 "actor/busy_fraction": total / max(time.perf_counter() - started, 1e-9),
-            }, stats.env_steps)
+            }, base_step + stats.env_steps)
     finally:
         puller.stop()
         writer.close()
@@ -284,15 +391,18 @@ def evaluate_and_log(cfg, model, writer, env_steps: int, learner_step: int):
     return result
 
 
-def evaluator_role(cfg, paths: RunPaths, address: str, spec: ReplaySpec, stop) -> None:
+def evaluator_role(cfg, paths: RunPaths, address: str, spec: ReplaySpec, stop,
+                   incarnation: int = 0) -> None:
+    """Evaluate the newest weights every `eval_every_env_steps` until `stop`."""
     import reverb
 
+    del incarnation  # evaluation seeds are fixed: every evaluation is comparable
     torch.set_num_threads(1)
     model = policy_from_checkpoint(cfg, paths.checkpoint)
     client = reverb.Client(address)
     puller = ParamsPuller(address, expected_params(model), interval_s=cfg.actor.params_interval_s)
     puller.start()
-    writer = SummaryWriter(paths.role_dir("evaluator"))
+    writer = SummaryWriter(paths.role_dir("evaluator"), purge_step=run_env_steps(address, spec))
     learner_step = -1
     next_eval = 0
     try:

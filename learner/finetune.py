@@ -32,7 +32,7 @@ from learner.checkpoint import (
     model_config_from,
     save_checkpoint,
 )
-from learner.learner import Learner
+from learner.learner import Learner, NonFiniteGuard
 from learner.pretrain import to_device
 from learner.tensorboard import NullWriter
 
@@ -96,9 +96,17 @@ def finetune_loop(
     log_every: int,
     checkpoint_every: int,
     checkpoint: Callable[[], None],
+    max_nonfinite_updates: int = 10,
 ) -> FinetuneStats:
-    """Update until `should_stop()` or the batches run out; returns throughput figures."""
+    """Update until `should_stop()` or the batches run out; returns throughput figures.
+
+    An update with a NaN or inf loss is skipped (`Learner.update`) and logged as
+    `loss/nonfinite_skipped` (the run's total); `max_nonfinite_updates` of them in a
+    row raise NonFiniteLoss, before any further checkpoint, so the last checkpoint
+    written is the last good one.
+    """
     device = learner.device
+    guard = NonFiniteGuard(learner, max_nonfinite_updates)
     publish(learner.step, weights_as_arrays(learner.model))
     start = window_start = time.perf_counter()
     wait = window_wait = 0.0
@@ -112,6 +120,9 @@ def finetune_loop(
         if batch is None:
             break
         metrics = learner.update(to_device(batch, device))
+        if guard.skipped():
+            writer.scalar("loss/nonfinite_skipped", learner.skipped, learner.step)
+            continue
         updates += 1
         window_updates += 1
         if learner.step % publish_every == 0:
@@ -142,6 +153,7 @@ def data_parallel_finetune_loop(
     log_every: int,
     checkpoint_every: int,
     checkpoint: Callable[[], None],
+    max_nonfinite_updates: int = 10,
 ) -> FinetuneStats:
     """`finetune_loop` on this rank of a data-parallel learner; the plain loop in one process.
 
@@ -170,6 +182,7 @@ def data_parallel_finetune_loop(
         log_every=log_every,
         checkpoint_every=checkpoint_every,
         checkpoint=checkpoint,
+        max_nonfinite_updates=max_nonfinite_updates,
     )
 
 

@@ -58,6 +58,50 @@ def _forward(model: DecisionTransformer, window: dict[str, torch.Tensor]):
     )
 
 
+class NonFiniteLoss(RuntimeError):
+    """Too many updates in a row had a NaN or inf loss; the run stops."""
+
+
+class NonFiniteGuard:
+    """Counts a learner's skipped updates in a row; raises NonFiniteLoss at `limit`.
+
+        guard = NonFiniteGuard(learner, limit=10)
+        metrics = learner.update(batch)
+        if guard.skipped():   # this update was skipped
+            ...
+    """
+
+    def __init__(self, learner: "Learner", limit: int):
+        self.learner = learner
+        self.limit = limit
+        self.in_row = 0
+        self._seen = learner.skipped
+
+    def skipped(self) -> bool:
+        if self.learner.skipped == self._seen:
+            self.in_row = 0
+            return False
+        self._seen = self.learner.skipped
+        self.in_row += 1
+        if self.in_row >= self.limit:
+            raise NonFiniteLoss(
+                f"{self.in_row} updates in a row had a NaN or inf loss or gradient "
+                f"(learner step {self.learner.step}, {self.learner.skipped} skipped in all); "
+                "stopping with the last good checkpoint"
+            )
+        return True
+
+
+class _NonFinite(Exception):
+    """A loss or gradient norm is NaN or inf: the update is skipped."""
+
+
+def _require_finite(value: torch.Tensor) -> None:
+    """Raise _NonFinite unless `value` is finite on every rank (ranks skip together)."""
+    if not distributed.all_agree(bool(torch.isfinite(value))):
+        raise _NonFinite
+
+
 @torch.no_grad()
 def ema_update(target: torch.nn.Module, source: torch.nn.Module, tau: float) -> None:
     torch._foreach_lerp_(list(target.parameters()), list(source.parameters()), tau)
@@ -122,6 +166,7 @@ class Learner:
             self.critic_optimizer = torch.optim.AdamW(self.critic.parameters(), lr=objective.critic_lr)
             self._reset_targets()
         self.step = 0  # batches consumed (one critic update each under odt_td3)
+        self.skipped = 0  # updates skipped for a NaN or inf loss or gradient norm
 
     def _reset_targets(self) -> None:
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
@@ -153,22 +198,37 @@ class Learner:
         """One update on a batch of windows; returns detached 0-d metric tensors.
 
         `rl=False` trains the supervised part only (used for pretraining ODT+TD3).
+
+        A NaN or inf loss or gradient norm skips the update: no optimizer steps and
+        `step` stays; `skipped` counts such updates and the metrics hold just
+        `loss/nonfinite` = 1. (Under ODT+TD3 a finite critic loss has already stepped
+        the critic when the actor's loss turns out non-finite.) The check reads one
+        value back from the device per update.
         """
         self.model.train()
-        if self.objective.kind == "odt":
-            metrics = self._odt_update(batch)
-        elif rl:
-            metrics = self._td3_update(batch)
-        else:
-            metrics = self._actor_step(batch, rl=False)
+        try:
+            if self.objective.kind == "odt":
+                metrics = self._odt_update(batch)
+            elif rl:
+                metrics = self._td3_update(batch)
+            else:
+                metrics = self._actor_step(batch, rl=False)
+        except _NonFinite:
+            for optimizer in (self.optimizer, self.temperature_optimizer, self.critic_optimizer):
+                if optimizer is not None:
+                    optimizer.zero_grad(set_to_none=True)
+            self.skipped += 1
+            return {"loss/nonfinite": torch.ones(())}
         self.step += 1
         return metrics
 
     def _transformer_step(self, loss: torch.Tensor) -> torch.Tensor:
+        _require_finite(loss)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         distributed.average_gradients(self.model.parameters())
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.optim.grad_clip)
+        _require_finite(grad_norm)
         self.optimizer.step()
         self.scheduler.step()
         return grad_norm.detach()
@@ -183,6 +243,7 @@ class Learner:
             self.target_entropy,
             self.objective.mask_entropy,
         )
+        _require_finite(out.temperature_loss)
         grad_norm = self._transformer_step(out.loss)
         self.temperature_optimizer.zero_grad(set_to_none=True)
         out.temperature_loss.backward()
@@ -208,6 +269,7 @@ class Learner:
             )
         q1, q2 = self.critic(batch["observations"], batch["actions"])
         critic_loss = losses.critic_loss(q1, q2, target, batch["mask"])
+        _require_finite(critic_loss)
         self.critic_optimizer.zero_grad(set_to_none=True)
         critic_loss.backward()
         distributed.average_gradients(self.critic.parameters())
@@ -246,7 +308,11 @@ class Learner:
             "log_temperature": self.log_temperature.detach().cpu(),
             "temperature_optimizer": self.temperature_optimizer.state_dict(),
             "step": self.step,
+            "skipped": self.skipped,
+            "rng": {"torch": torch.get_rng_state()},
         }
+        if self.device.type == "cuda":
+            state["rng"]["cuda"] = torch.cuda.get_rng_state(self.device)
         if self.critic is not None:
             state.update(
                 critic=self.critic.state_dict(),
@@ -264,6 +330,12 @@ class Learner:
             self.log_temperature.copy_(state["log_temperature"])
         self.temperature_optimizer.load_state_dict(state["temperature_optimizer"])
         self.step = int(state["step"])
+        self.skipped = int(state.get("skipped", 0))
+        rng = state.get("rng", {})
+        if "torch" in rng:
+            torch.set_rng_state(rng["torch"].cpu())
+        if "cuda" in rng and self.device.type == "cuda":
+            torch.cuda.set_rng_state(rng["cuda"].cpu(), self.device)
         if self.critic is not None:
             if "critic" in state:
                 self.critic.load_state_dict(state["critic"])

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from learner.checkpoint import learner_payload, save_checkpoint
-from learner.learner import Learner
+from learner.learner import Learner, NonFiniteGuard
 from learner.tensorboard import SummaryWriter, markdown_table
 from replay.datasets import OfflineDataset, check_against_env
 from replay.offline import OfflineSampler, flatten_episodes, state_statistics
@@ -99,8 +99,11 @@ def pretrain(cfg, dataset: OfflineDataset, logdir: str | Path, *, progress: bool
     last_eval = None
     start = window_start = time.perf_counter()
     window_updates = 0
+    guard = NonFiniteGuard(learner, cfg.finetune.max_nonfinite_updates)
     for update in range(1, cfg.pretrain.updates + 1):
         out = learner.update(to_device(sampler.sample(), device), rl=False)
+        if guard.skipped():
+            writer.scalar("loss/nonfinite_skipped", learner.skipped, update)
         window_updates += 1
         if update % cfg.pretrain.log_every == 0 or update == cfg.pretrain.updates:
             metrics = {k: float(v) for k, v in out.items()}  # one host sync per log interval
@@ -109,7 +112,7 @@ def pretrain(cfg, dataset: OfflineDataset, logdir: str | Path, *, progress: bool
             window_start, window_updates = now, 0
             writer.scalars(metrics, update)
             if bar is not None:
-                bar.set_postfix(loss=f"{metrics['loss/total']:.3f}")
+                bar.set_postfix(loss=f"{metrics.get('loss/total', float('nan')):.3f}")
         every = cfg.pretrain.eval_every
         if (every and update % every == 0) or update == cfg.pretrain.updates:
             last_eval = evaluate_fn(learner.model, cfg)

@@ -58,17 +58,32 @@ class SummaryWriter:
     """Scalar and text summaries into `logdir/events.out.tfevents.*`.
 
     Not thread-safe; one writer per process and role directory.
+
+    A process that continues a role's curves (a resumed run, a restarted actor) passes
+    `purge_step`: the new file starts with a `SessionLog.START` event at that step, and
+    TensorBoard (like `read_scalars`) then drops the earlier files' events at steps >=
+    purge_step, so the curves stay monotonic where the old process got further than
+    its last checkpoint. File names sort after the folder's existing event files, the
+    order TensorBoard reads them in.
     """
 
-    def __init__(self, logdir: str | os.PathLike, flush_secs: float = 10.0):
+    def __init__(self, logdir: str | os.PathLike, flush_secs: float = 10.0,
+                 purge_step: int | None = None):
         self.logdir = Path(logdir)
         self.logdir.mkdir(parents=True, exist_ok=True)
-        name = f"events.out.tfevents.{int(time.time())}.{socket.gethostname()}.{os.getpid()}"
+        stamp = max([int(time.time())] + [_file_stamp(p) + 1 for p in _event_files(self.logdir)])
+        name = f"events.out.tfevents.{stamp:010d}.{socket.gethostname()}.{os.getpid()}"
         self.path = self.logdir / name
         self._file = open(self.path, "ab")
         self._flush_secs = flush_secs
         self._last_flush = time.monotonic()
         self._write(event_pb2.Event(wall_time=time.time(), file_version="brain.Event:2"))
+        if purge_step is not None:
+            self._write(event_pb2.Event(
+                wall_time=time.time(), step=int(purge_step),
+                session_log=event_pb2.SessionLog(status=event_pb2.SessionLog.START),
+            ))
+            self.flush()
 
     def _write(self, event: event_pb2.Event) -> None:
         self._file.write(_record(event.SerializeToString()))
@@ -161,14 +176,37 @@ def read_events(path: str | os.PathLike) -> Iterator[event_pb2.Event]:
         pos = end
 
 
+def _event_files(logdir: Path) -> list[Path]:
+    return sorted(logdir.glob("events.out.tfevents.*"))
+
+
+def _file_stamp(path: Path) -> int:
+    try:
+        return int(path.name.split(".")[3])
+    except (IndexError, ValueError):
+        return 0
+
+
 def read_scalars(logdir: str | os.PathLike) -> dict[str, list[tuple[int, float]]]:
-    """Every scalar under `logdir` (recursively): tag -> [(step, value)] in file order."""
+    """Every scalar under `logdir` (recursively): tag -> [(step, value)] in file order.
+
+    As in TensorBoard, each folder is one run, read file by file in name order, and a
+    `SessionLog.START` event at step s drops that folder's earlier scalars at steps >= s.
+    """
     scalars: dict[str, list[tuple[int, float]]] = {}
-    for path in sorted(Path(logdir).rglob("events.out.tfevents.*")):
-        for event in read_events(path):
-            for value in event.summary.value:
-                if value.HasField("simple_value"):
-                    scalars.setdefault(value.tag, []).append((event.step, value.simple_value))
+    folders = sorted({p.parent for p in Path(logdir).rglob("events.out.tfevents.*")})
+    for folder in folders:
+        run: dict[str, list[tuple[int, float]]] = {}
+        for path in _event_files(folder):
+            for event in read_events(path):
+                if event.session_log.status == event_pb2.SessionLog.START:
+                    run = {tag: [(s, v) for s, v in points if s < event.step]
+                           for tag, points in run.items()}
+                for value in event.summary.value:
+                    if value.HasField("simple_value"):
+                        run.setdefault(value.tag, []).append((event.step, value.simple_value))
+        for tag, points in run.items():
+            scalars.setdefault(tag, []).extend(points)
     return scalars
 
 

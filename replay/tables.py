@@ -22,6 +22,7 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from replay._reverb import reverb, tf
 from replay.windows import window_shapes
@@ -148,7 +149,8 @@ def make_tables(spec: ReplaySpec) -> list[reverb.Table]:
     return [experience, params]
 
 
-def start_server(spec: ReplaySpec, port: int | None = None) -> reverb.Server:
+def start_server(spec: ReplaySpec, port: int | None = None,
+                 checkpoint_dir: str | None = None) -> reverb.Server:
     """A Reverb server holding `make_tables(spec)`; port None picks a free one.
 
     The server listens on every interface without authentication: run it on a
@@ -156,13 +158,21 @@ def start_server(spec: ReplaySpec, port: int | None = None) -> reverb.Server:
     gRPC binds with SO_REUSEPORT, so a second server on a port another gRPC server
     holds would start and silently share its connections; hence the check that
     nothing answers there first.
+
+    `checkpoint_dir`: where `checkpoint_replay` writes the tables, and where the
+    server restores the latest complete checkpoint from when it starts. A restored
+    table keeps the configuration and rate-limiter counters it was saved with, not
+    the ones `spec` describes (see `check_restored`).
     """
     tables = make_tables(spec)
     if port is not None and _answers(port):
         raise ValueError(f"the replay server cannot listen on port {port}: another process "
                          "already listens there")
+    checkpointer = None
+    if checkpoint_dir is not None:
+        checkpointer = reverb.checkpointers.DefaultCheckpointer(path=str(checkpoint_dir))
     try:
-        return reverb.Server(tables, port=port)
+        return reverb.Server(tables, port=port, checkpointer=checkpointer)
     except ValueError as error:
         if port is None:
             raise
@@ -170,6 +180,43 @@ def start_server(spec: ReplaySpec, port: int | None = None) -> reverb.Server:
             f"the replay server could not listen on port {port} (in use by another "
             f"process?): {error}"
         ) from error
+
+
+def has_checkpoint(checkpoint_dir: str | None) -> bool:
+    """Whether `checkpoint_dir` holds a complete Reverb checkpoint (one with DONE)."""
+    if checkpoint_dir is None:
+        return False
+    return any((d / "DONE").is_file() for d in Path(checkpoint_dir).glob("*") if d.is_dir())
+
+
+def checkpoint_replay(client_or_address: ClientOrAddress) -> str:
+    """Write the server's tables to its checkpoint folder; the path written.
+
+    Inserts and samples wait while it writes. A checkpoint is complete once Reverb
+    has written its DONE file, so a crash mid-write leaves the previous one in use.
+    """
+    return as_client(client_or_address).checkpoint()
+
+
+def check_restored(client_or_address: ClientOrAddress, spec: ReplaySpec) -> dict[str, int]:
+    """Counts of a table restored from a checkpoint, after checking it fits `spec`.
+
+    Reverb rebuilds a restored table from the checkpoint: its capacity, rate limiter
+    window and the limiter's insert and sample counters, whatever the tables passed
+    to the server say. Those counters are what keeps the ratio of learner samples to
+    environment steps, so they must be kept, and the table must be the one this run
+    expects: anything else would hold back the actors or the learner for good (the
+    hangs reported after restores) or count environment steps wrongly. Raises
+    ValueError naming the differences.
+    """
+    check_server_spec(client_or_address, spec)
+    counts = table_counts(client_or_address)
+    if counts["inserts"] < spec.preload_items:
+        raise ValueError(
+            f"the restored replay table has {counts['inserts']} inserts, fewer than the "
+            f"{spec.preload_items} preloaded windows its rate limiter is centred on"
+        )
+    return counts
 
 
 def _answers(port: int) -> bool:
