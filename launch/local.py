@@ -25,10 +25,12 @@ from __future__ import annotations
 
 import json
 import multiprocessing as mp
+import os
 import queue
 import signal
 import sys
 import time
+import traceback
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -97,9 +99,23 @@ class RoleDied(RuntimeError):
 
 
 def _role_main(target, *args) -> None:
-    """The body of a child process: the role, with SIGINT left to the launcher."""
+    """The body of a child process: the role, with SIGINT left to the launcher.
+
+    The process ends with os._exit once the role returns (its files and checkpoints
+    are closed by then): tearing down an interpreter holding TensorFlow, torch and
+    gRPC threads takes seconds, which a signalled run does not have.
+    """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    target(*args)
+    code = 0
+    try:
+        target(*args)
+    except BaseException:
+        traceback.print_exc()
+        code = 1
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
 
 
 @dataclass
@@ -302,9 +318,10 @@ def run_local(cfg, checkpoint: str | Path, run_dir: Path, *, dataset_path: str |
             sup.poll()
         except _Signal as sig:
             stop_workers.set()
-            deadline = time.monotonic() + SIGNAL_STOP_S
             sup.join(["learner"], timeout=SIGNAL_STOP_S - 4)  # its final checkpoints
-            _stop_workers(sup, deadline - time.monotonic() - 3)
+            _stop_workers(sup, 1.0)
+            stop_replay.set()
+            sup.join(["replay"], timeout=1.5)
             name = signal.Signals(sig.signum).name
             raise RunInterrupted(f"{name} received; the learner's last checkpoint is "
                                  f"{paths.learner_checkpoint}; {resume_hint(run_dir)}",
@@ -318,7 +335,7 @@ def run_local(cfg, checkpoint: str | Path, run_dir: Path, *, dataset_path: str |
         stop_workers.set()
         stop_replay.set()
         sup.join(["replay"], timeout=3)
-        sup.kill_all(grace_s=1.0)
+        sup.kill_all(grace_s=0.5)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     return final_summary(cfg, paths, payload, time.perf_counter() - start)
@@ -489,8 +506,14 @@ def main(argv) -> None:
         cfg, checkpoint, run_dir, dataset = resume_run(FLAGS.logdir)
         print(f"onramp: resuming {run_dir} from {checkpoint}", file=sys.stderr)
     else:
+        from launch import roles  # noqa: F401  (reverb before torch)
+        from learner.checkpoint import load_checkpoint
+
         checkpoint = require_checkpoint(FLAGS.checkpoint)
         cfg = resolve_config()
+        # A checkpoint that cannot run here is refused before the run directory exists.
+        fit_model_to_checkpoint(cfg, load_checkpoint(checkpoint), checkpoint,
+                                _env_info(cfg.env.env_id))
         run_dir = new_run_dir(FLAGS.logdir, f"{cfg.name}-{cfg.objective.kind}")
         save_config(run_dir, cfg)
         dataset = cfg.data.path

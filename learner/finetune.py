@@ -120,8 +120,9 @@ def finetune_loop(
         if batch is None:
             break
         metrics = learner.update(to_device(batch, device))
-        if guard.skipped():
+        if "loss/nonfinite" in metrics:
             writer.scalar("loss/nonfinite_skipped", learner.skipped, learner.step)
+        if guard.skipped():
             continue
         updates += 1
         window_updates += 1

@@ -102,8 +102,9 @@ def pretrain(cfg, dataset: OfflineDataset, logdir: str | Path, *, progress: bool
     guard = NonFiniteGuard(learner, cfg.finetune.max_nonfinite_updates)
     for update in range(1, cfg.pretrain.updates + 1):
         out = learner.update(to_device(sampler.sample(), device), rl=False)
-        if guard.skipped():
+        if "loss/nonfinite" in out:
             writer.scalar("loss/nonfinite_skipped", learner.skipped, update)
+        guard.skipped()
         window_updates += 1
         if update % cfg.pretrain.log_every == 0 or update == cfg.pretrain.updates:
             metrics = {k: float(v) for k, v in out.items()}  # one host sync per log interval
