@@ -7,7 +7,11 @@ TensorBoard logs under the run directory.
 
 from __future__ import annotations
 
+import json
+import shutil
 import time
+from dataclasses import replace
+from pathlib import Path
 
 from absl import flags
 
@@ -19,22 +23,76 @@ define_finetune_flags()
 flags.DEFINE_bool("online", True, "Fine-tune online after pretraining.")
 
 
+def _resume_stages(run_dir: Path):
+    """What a --resume of the main job can reuse: (config, dataset, pretraining result).
+
+    The dataset is reused once recorded, pretraining once it wrote its final
+    checkpoint; a started fine-tuning run continues from its own checkpoints.
+    """
+    from launch.flags import checked
+    from launch.pipeline import obtain_dataset
+    from launch.presets import RunConfig
+    from learner.checkpoint import load_checkpoint
+    from learner.pretrain import PretrainResult
+    from learner.tensorboard import read_scalars
+    from replay.datasets import load_dataset
+
+    FLAGS = flags.FLAGS
+    changed = [f"--{n}" for n in ("preset", "dataset", "seed", "device", "objective",
+                                  "pretrain_updates", "eval_episodes", "collect_episodes",
+                                  "num_actors", "envs_per_actor", "set")
+               if FLAGS[n].present]
+    if changed:
+        raise ValueError(f"--resume continues {run_dir} with its saved config; "
+                         f"{', '.join(changed)} cannot change it (only --env_steps can)")
+    if not (run_dir / "config.json").is_file():
+        raise ValueError(f"--logdir={run_dir}: no config.json; nothing to resume")
+    cfg = RunConfig.from_dict(json.loads((run_dir / "config.json").read_text()))
+    if FLAGS.env_steps is not None:
+        cfg = replace(cfg, finetune=replace(cfg.finetune, env_steps=FLAGS.env_steps))
+    cfg = checked(cfg)
+    recorded = run_dir / "dataset"
+    if cfg.data.path is None and recorded.is_dir() and any(recorded.iterdir()):
+        dataset = load_dataset(recorded)
+    else:
+        if recorded.exists():  # an interrupted recording: record it again
+            shutil.rmtree(recorded)
+        dataset = obtain_dataset(cfg, run_dir)
+    checkpoint = run_dir / "pretrain" / "checkpoint.pt"
+    result = None
+    if checkpoint.is_file() and load_checkpoint(checkpoint)["updates"] >= cfg.pretrain.updates:
+        evals = read_scalars(run_dir / "pretrain").get("eval/return", [(0, float("nan"))])
+        result = PretrainResult(checkpoint=checkpoint, updates=cfg.pretrain.updates,
+                                updates_per_s=float("nan"), eval_return=evals[-1][1],
+                                eval_normalized=None, metrics={})
+    return cfg, dataset, result
+
+
 def main(argv) -> None:
     del argv
-    from launch.local import run_local
+    from launch.local import resume_run, run_local
     from launch.pipeline import obtain_dataset, save_config, summary_table
     from learner.pretrain import pretrain
 
     FLAGS = flags.FLAGS
     start = time.perf_counter()
-    cfg = resolve_config()
-    run_dir = new_run_dir(FLAGS.logdir, cfg.name)
-    save_config(run_dir, cfg)
-    print(f"onramp: preset {cfg.name}, {cfg.env.env_id}, objective {cfg.objective.kind}, "
-          f"run directory {run_dir}")
-    dataset = obtain_dataset(cfg, run_dir)
+    result = None
+    if FLAGS.resume:
+        if not FLAGS.logdir:
+            raise ValueError("--resume needs --logdir: the run directory to continue")
+        run_dir = Path(FLAGS.logdir)
+        cfg, dataset, result = _resume_stages(run_dir)
+        print(f"onramp: resuming {run_dir}")
+    else:
+        cfg = resolve_config()
+        run_dir = new_run_dir(FLAGS.logdir, cfg.name)
+        save_config(run_dir, cfg)
+        print(f"onramp: preset {cfg.name}, {cfg.env.env_id}, objective {cfg.objective.kind}, "
+              f"run directory {run_dir}")
+        dataset = obtain_dataset(cfg, run_dir)
     returns = dataset.returns
-    result = pretrain(cfg, dataset, run_dir, progress=True)
+    if result is None:
+        result = pretrain(cfg, dataset, run_dir, progress=True)
     rows = [
         ("preset", cfg.name),
         ("environment", cfg.env.env_id),
@@ -51,7 +109,10 @@ def main(argv) -> None:
     if FLAGS.online:
         print(f"fine-tuning online: {cfg.actor.num_actors} actors x {cfg.actor.envs_per_actor} "
               f"envs, budget {cfg.finetune.env_steps} env steps")
-        online = run_local(cfg, result.checkpoint, run_dir, dataset_path=dataset.source)
+        checkpoint = result.checkpoint
+        if FLAGS.resume and (run_dir / "finetune.json").is_file():
+            cfg, checkpoint, _, _ = resume_run(str(run_dir))
+        online = run_local(cfg, checkpoint, run_dir, dataset_path=dataset.source)
         rows += [
             ("fine-tuned eval return", f"{online.final_return:.1f}"),
             ("online env steps", f"{online.env_steps} ({online.env_steps_per_s:.0f}/s)"),

@@ -166,6 +166,15 @@ def test_main_job_runs_the_offline_pipeline(tmp_path):
     assert "fine-tuned eval return" not in proc.stdout
     assert (logdir / "dataset" / "metadata.json").is_file()
     assert "eval/return" in read_scalars(logdir / "pretrain")
+    # --resume reuses the recorded dataset and the finished pretraining.
+    checkpoint = logdir / "pretrain" / "checkpoint.pt"
+    stamp = checkpoint.stat().st_mtime_ns
+    proc = run_cli("-m", "launch.main", "--resume", f"--logdir={logdir}", "--online=false")
+    assert proc.returncode == 0, proc.stderr
+    assert "pretrained eval return" in proc.stdout and "pretraining" not in proc.stderr
+    assert checkpoint.stat().st_mtime_ns == stamp
+    proc = run_cli("-m", "launch.main", "--resume", f"--logdir={logdir}", "--seed=3")
+    assert proc.returncode == 2 and "--seed cannot change it" in proc.stderr
 
 
 @pytest.mark.parametrize(
