@@ -23,6 +23,7 @@ reaches the whole process group is handled by the launcher alone.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import multiprocessing as mp
 import os
@@ -223,6 +224,33 @@ class Supervisor:
                 proc.join(1.0)
 
 
+class StopFlag:
+    """A stop request shared with child processes that survives their being killed.
+
+    multiprocessing.Event takes a shared lock in `is_set`; a child killed with
+    SIGKILL while holding it (actors poll every step) would leave the launcher
+    blocked forever in `set`. This flag is one lock-free shared byte; `wait` polls.
+    Same interface as the events the roles take (`is_set`, `set`, `wait`).
+    """
+
+    def __init__(self, ctx):
+        self._flag = ctx.RawValue(ctypes.c_bool, False)
+
+    def set(self) -> None:
+        self._flag.value = True
+
+    def is_set(self) -> bool:
+        return bool(self._flag.value)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self.is_set():
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
+            time.sleep(0.05)
+        return True
+
+
 class _Signal(BaseException):
     def __init__(self, signum: int):
         super().__init__(signum)
@@ -279,7 +307,7 @@ def run_local(cfg, checkpoint: str | Path, run_dir: Path, *, dataset_path: str |
                                             "dataset": dataset_path}))
     paths = roles.RunPaths(str(run_dir), str(checkpoint))
     sup = Supervisor(run_dir, cfg.finetune.max_restarts, cfg.finetune.restart_backoff_s)
-    stop_workers, stop_replay = sup.ctx.Event(), sup.ctx.Event()
+    stop_workers, stop_replay = StopFlag(sup.ctx), StopFlag(sup.ctx)
     ready = sup.ctx.Queue()
     start = time.perf_counter()
     previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
@@ -359,8 +387,10 @@ def _stop_after_failure(sup: Supervisor, address: str | None, paths, preload_ite
     from launch import roles
 
     if sup.alive("learner"):
-        sup.join(["learner"], timeout=60)
-        _stop_workers(sup, 5)
+        # Its final checkpoint; a learner whose replay server died may be stuck in a
+        # sample, and then its last checkpoint pair (learner and replay) is the one.
+        sup.join(["learner"], timeout=15)
+        _stop_workers(sup, 2)
         return
     _stop_workers(sup, 2)
     if address is not None and sup.alive("replay"):
@@ -427,7 +457,7 @@ def _watch(sup: Supervisor, address: str, preload: int, budget: int, status: boo
         sup.poll()
         try:
             counts = table_counts(client, EXPERIENCE_TABLE)
-        except ReplayUnavailable:
+        except (ReplayUnavailable, RuntimeError):
             sup.poll()
             raise RoleDied("the replay server stopped answering") from None
         env_steps = int(counts["inserts"] - preload)
