@@ -281,6 +281,7 @@ def test_restored_replay_keeps_its_counters_and_serves_the_learner(tmp_path):
 
 _SETTINGS = [
     "--set=optim.batch_size=16", "--set=replay.tolerance_steps=20",
+    "--set=replay.updates_per_env_step=0.25",
     "--set=finetune.publish_every=5", "--set=finetune.log_every=5",
     "--set=finetune.checkpoint_every=20", "--set=finetune.eval_every_env_steps=1000000",
     "--set=finetune.restart_backoff_s=0.5",
@@ -335,7 +336,7 @@ def learner_checkpointed(run_dir):
 
 def test_a_killed_actor_is_restarted_and_the_run_finishes(checkpoint, tmp_path):
     run_dir = tmp_path / "run"
-    proc = launch(checkpoint, run_dir, "--env_steps=600")
+    proc = launch(checkpoint, run_dir, "--env_steps=400")
     wait_for(learner_checkpointed(run_dir), proc, what="the learner's first checkpoint")
     victim = processes(run_dir)["actor_0"]["pid"]
     os.kill(victim, signal.SIGKILL)
@@ -356,12 +357,14 @@ def test_a_killed_learner_stops_the_run_and_resume_restores_counters_and_replay(
     run_dir = tmp_path / "run"
     proc = launch(checkpoint, run_dir, "--env_steps=1000000")
     wait_for(learner_checkpointed(run_dir), proc, what="the learner's first checkpoint")
+    children = psutil.Process(proc.pid).children(recursive=True)
     os.kill(processes(run_dir)["learner"]["pid"], signal.SIGKILL)
     code, _, err = finish(proc, timeout_s=60)
     assert code == 1, err[-3000:]
     assert "learner exited with code -9" in err
     assert f"resume with: python -m launch.local --resume --logdir={run_dir}" in err
-    assert not psutil.Process().children(recursive=True)
+    _, alive = psutil.wait_procs(children, timeout=0.5)
+    assert not [p for p in alive if p.status() != psutil.STATUS_ZOMBIE]
     saved = load_checkpoint(run_dir / "learner" / "checkpoint.pt")
     step, env_steps = saved["learner"]["step"], saved["env_steps"]
     replay = json.loads((run_dir / "replay" / "checkpoint.json").read_text())
