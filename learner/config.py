@@ -37,6 +37,9 @@ class ObjectiveConfig:
     noise_clip: float = 0.5
     actor_update_interval: int = 2
     """The actor (transformer) is updated every this many critic updates."""
+    normalize_q: bool = False
+    """Divide rl_coeff by the batch's mean |Q| (TD3+BC, Fujimoto & Gu 2021; the vitamin
+    code's `normalized_rl_coeff`), so the RL term's weight is free of the reward scale."""
     critic_pretrain_updates: int = 0
     """Critic-only TD3 updates on the offline dataset at the end of pretraining, the
     transformer frozen (the vitamin code trains its critic during pretraining too)."""

@@ -253,7 +253,12 @@ class Learner:
             # The critic is not updated here; its parameters only pass the gradient through.
             q = self.critic.first(batch["observations"], action.action)
             rl_loss = losses.actor_rl_loss(q, batch["mask"])
-            loss = supervised + self.objective.rl_coeff * rl_loss
+            coeff = self.objective.rl_coeff
+            if self.objective.normalize_q:
+                # TD3+BC's lambda = alpha / mean|Q|: the RL term's weight does not depend
+                # on the reward scale or on how far the critic's values have grown.
+                coeff = coeff / losses.masked_mean(q.detach().abs(), batch["mask"]).clamp_min(1e-3)
+            loss = supervised + coeff * rl_loss
             metrics["loss/actor_rl"] = rl_loss.detach()
         metrics["loss/total"] = loss.detach()
         metrics["loss/grad_norm"] = self._transformer_step(loss)

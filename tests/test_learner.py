@@ -204,6 +204,24 @@ def test_critic_updates_fit_terminal_rewards():
     assert float(err.max()) < 0.1 * float(rewards[mask].abs().max())
 
 
+@pytest.mark.parametrize("normalize", [True, False])
+def test_normalize_q_makes_the_actor_step_free_of_the_q_scale(normalize):
+    """With normalize_q the RL term is rl_coeff * (-mean Q / mean |Q|): a critic whose
+    values are 10x larger gives the same actor step. Without it, the step differs."""
+    models = []
+    for scale in (1.0, 10.0):
+        learner = make_learner("odt_td3", normalize_q=normalize, rl_coeff=1.0,
+                               actor_update_interval=1, critic_lr=1e-12)
+        with torch.no_grad():
+            for q in (learner.critic.q1, learner.critic.q2):
+                q[-1].weight.mul_(scale)
+                q[-1].bias.mul_(scale)
+        learner.update(random_batch())
+        models.append(params(learner.model))
+    same = all(torch.allclose(models[0][n], models[1][n], atol=1e-5) for n in models[0])
+    assert same == normalize
+
+
 def test_odt_learner_overfits_a_tiny_dataset():
     """200 ODT updates on a fixed set of windows drive the NLL far down and make the
     policy's mode fit the (state-determined) actions."""
