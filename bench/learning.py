@@ -6,6 +6,7 @@ checkpoint, one per objective, with the same env-step budget. Prints one JSON ob
 with per-seed returns and the medians.
 
     python -m bench.learning --seeds=0,1,2 [--env_steps=6000] [--out=runs/learning]
+        [--objectives=odt,odt_td3] [--set=objective.rl_coeff=0.5 ...]
 """
 
 from __future__ import annotations
@@ -24,21 +25,48 @@ flags.DEFINE_string("seeds", "0,1,2", "Comma-separated seeds.")
 flags.DEFINE_integer("env_steps", None, "Online budget per run; default: the preset's.")
 flags.DEFINE_string("out", "runs/learning", "Folder for the runs (must not exist).")
 flags.DEFINE_string("preset", "quickstart", "Preset.")
+flags.DEFINE_list("objectives", ["odt", "odt_td3"], "Objectives to fine-tune with.")
+flags.DEFINE_multi_string("set", [], "Config override, dotted field=value (Python literal), "
+                          "e.g. --set=objective.rl_coeff=0.5; repeatable.")
+
+
+def apply_overrides(cfg, overrides: list[str]):
+    """`cfg` with each 'dotted.field=value' applied; the value is a Python literal."""
+    import ast
+
+    from launch.flags import with_field
+
+    for item in overrides:
+        path, sep, text = item.partition("=")
+        if not sep:
+            raise ValueError(f"--set={item!r} must read dotted.field=value")
+        try:
+            value = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            value = text
+        try:
+            cfg = with_field(cfg, path, value)
+        except (TypeError, AttributeError) as exc:
+            raise ValueError(f"--set={item!r}: no such config field ({exc})") from exc
+    return cfg
 
 
 def main(argv) -> None:
     del argv
     from launch.local import run_local
     from launch.pipeline import obtain_dataset, save_config
-    from launch.presets import get_preset
-    from learner.pretrain import pretrain
+    from launch.presets import get_preset, validate
+    from learner.pretrain import pretrain, pretrain_critic
 
     FLAGS = flags.FLAGS
     out = Path(FLAGS.out)
     if out.exists():
         raise FileExistsError(f"--out={out} already exists")
     out.mkdir(parents=True)
-    base = get_preset(FLAGS.preset)
+    base = apply_overrides(get_preset(FLAGS.preset), FLAGS.set)
+    problems = validate(base)
+    if problems:
+        raise ValueError("invalid configuration:\n  " + "\n  ".join(problems))
     if FLAGS.env_steps is not None:
         base = replace(base, finetune=replace(base.finetune, env_steps=FLAGS.env_steps))
     dataset = obtain_dataset(base, out, progress=False)
@@ -49,13 +77,16 @@ def main(argv) -> None:
         pre_dir.mkdir()
         pre = pretrain(cfg, dataset, pre_dir)
         row = {"seed": seed, "pretrained_return": pre.eval_return}
-        for kind in ("odt", "odt_td3"):
+        for kind in FLAGS.objectives:
             run_cfg = replace(cfg, objective=replace(cfg.objective, kind=kind))
             run_dir = out / f"{kind}-seed{seed}"
             run_dir.mkdir()
             save_config(run_dir, run_cfg)
             start = time.perf_counter()
-            summary = run_local(run_cfg, pre.checkpoint, run_dir, dataset_path=dataset.source,
+            checkpoint = pre.checkpoint
+            if kind == "odt_td3" and run_cfg.objective.critic_pretrain_updates:
+                checkpoint = pretrain_critic(run_cfg, dataset, checkpoint, run_dir)
+            summary = run_local(run_cfg, checkpoint, run_dir, dataset_path=dataset.source,
                                 status=False)
             row[f"{kind}_return"] = summary.final_return
             row[f"{kind}_env_steps"] = summary.env_steps
@@ -63,10 +94,8 @@ def main(argv) -> None:
             row[f"{kind}_seconds"] = round(time.perf_counter() - start, 1)
         results.append(row)
         print(json.dumps(row), flush=True)
-    median = {
-        key: statistics.median(r[key] for r in results)
-        for key in ("pretrained_return", "odt_return", "odt_td3_return")
-    }
+    keys = ["pretrained_return"] + [f"{kind}_return" for kind in FLAGS.objectives]
+    median = {key: statistics.median(r[key] for r in results) for key in keys}
     print(json.dumps({
         "benchmark": "learning",
         "preset": base.name,
@@ -75,6 +104,7 @@ def main(argv) -> None:
                     "mean_return": float(dataset.returns.mean())},
         "env_steps": base.finetune.env_steps,
         "updates_per_env_step": base.replay.updates_per_env_step,
+        "overrides": FLAGS.set,
         "median": median,
         "runs": results,
     }))

@@ -88,6 +88,8 @@ def define_run_flags() -> None:
     flags.DEFINE_string("device", None, "'auto', 'cpu' or 'cuda[:i]'.")
     flags.DEFINE_enum("objective", None, ["odt", "odt_td3"], "Learning objective.")
     flags.DEFINE_integer("pretrain_updates", None, "Offline gradient steps.")
+    flags.DEFINE_integer("critic_pretrain_updates", None,
+                         "odt_td3: offline critic-only updates after pretraining.")
     flags.DEFINE_integer("eval_episodes", None, "Evaluation episodes.")
     flags.DEFINE_integer("collect_episodes", None, "Episodes to record when no dataset is given.")
     flags.DEFINE_multi_string("set", [], "Override any config field: --set=finetune.log_every=10 "
@@ -101,6 +103,7 @@ OVERRIDES = {
     "device": "device",
     "objective": "objective.kind",
     "pretrain_updates": "pretrain.updates",
+    "critic_pretrain_updates": "objective.critic_pretrain_updates",
     "eval_episodes": "eval.episodes",
     "collect_episodes": "data.collect_episodes",
     "num_actors": "actor.num_actors",

@@ -37,6 +37,12 @@ class ObjectiveConfig:
     noise_clip: float = 0.5
     actor_update_interval: int = 2
     """The actor (transformer) is updated every this many critic updates."""
+    normalize_q: bool = False
+    """Divide rl_coeff by the batch's mean |Q| (TD3+BC, Fujimoto & Gu 2021; the vitamin
+    code's `normalized_rl_coeff`), so the RL term's weight is free of the reward scale."""
+    critic_pretrain_updates: int = 0
+    """Critic-only TD3 updates on the offline dataset at the end of pretraining, the
+    transformer frozen (the vitamin code trains its critic during pretraining too)."""
     critic: CriticConfig = field(default_factory=CriticConfig)
 
     @property
@@ -54,6 +60,10 @@ class ObjectiveConfig:
             problems.append(f"objective.gamma={self.gamma} must lie in [0, 1]")
         if not 0.0 < self.tau <= 1.0:
             problems.append(f"objective.tau={self.tau} must lie in (0, 1]")
+        if self.critic_pretrain_updates < 0:
+            problems.append(
+                f"objective.critic_pretrain_updates={self.critic_pretrain_updates} must be >= 0"
+            )
         if self.actor_update_interval < 1:
             problems.append(
                 f"objective.actor_update_interval={self.actor_update_interval} must be >= 1"

@@ -258,7 +258,25 @@ class Learner:
             "loss/grad_norm": grad_norm,
         }
 
-    def _td3_update(self, batch):
+    def critic_update(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """One TD3 critic update with the transformer frozen, then the target critic's EMA.
+
+        Critic pretraining on offline windows before fine-tuning: the critic learns the
+        value of the pretrained policy (the target transformer picks the next actions),
+        so the actor's first RL gradients come from a fitted critic. Not a learner step.
+        """
+        if self.critic is None:
+            raise ValueError(f"critic_update needs objective.kind='odt_td3', not "
+                             f"{self.objective.kind!r}")
+        metrics = self._critic_step(batch)
+        ema_update(self.critic_target, self.critic, self.objective.tau)
+        return metrics
+
+    def reset_targets(self) -> None:
+        """Target transformer and critic := the online ones (after offline pretraining)."""
+        self._reset_targets()
+
+    def _critic_step(self, batch):
         obj = self.objective
         with torch.no_grad():
             next_action = _forward(self.model_target, shifted_window(batch)).mode
@@ -274,10 +292,14 @@ class Learner:
         critic_loss.backward()
         distributed.average_gradients(self.critic.parameters())
         self.critic_optimizer.step()
-        metrics = {
+        return {
             "loss/critic": critic_loss.detach(),
             "policy/q": losses.masked_mean(q1.detach(), batch["mask"]),
         }
+
+    def _td3_update(self, batch):
+        obj = self.objective
+        metrics = self._critic_step(batch)
         if (self.step + 1) % obj.actor_update_interval == 0:
             metrics.update(self._actor_step(batch, rl=True))
             ema_update(self.critic_target, self.critic, obj.tau)
@@ -293,7 +315,12 @@ class Learner:
             # The critic is not updated here; its parameters only pass the gradient through.
             q = self.critic.first(batch["observations"], action.action)
             rl_loss = losses.actor_rl_loss(q, batch["mask"])
-            loss = supervised + self.objective.rl_coeff * rl_loss
+            coeff = self.objective.rl_coeff
+            if self.objective.normalize_q:
+                # TD3+BC's lambda = alpha / mean|Q|: the RL term's weight does not depend
+                # on the reward scale or on how far the critic's values have grown.
+                coeff = coeff / losses.masked_mean(q.detach().abs(), batch["mask"]).clamp_min(1e-3)
+            loss = supervised + coeff * rl_loss
             metrics["loss/actor_rl"] = rl_loss.detach()
         metrics["loss/total"] = loss.detach()
         metrics["loss/grad_norm"] = self._transformer_step(loss)

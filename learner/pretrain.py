@@ -130,6 +130,12 @@ def pretrain(cfg, dataset: OfflineDataset, logdir: str | Path, *, progress: bool
     elapsed = time.perf_counter() - start
     if bar is not None:
         bar.close()
+    if learner.critic is not None:
+        # The targets were copied from the untrained networks; TD targets must use the
+        # pretrained transformer.
+        learner.reset_targets()
+        critic_pretrain_loop(learner, sampler, cfg.objective.critic_pretrain_updates, device,
+                             writer, cfg.pretrain.log_every)
     save_checkpoint(checkpoint, learner_payload(learner, updates=learner.step, **extra))
     writer.close()
     return PretrainResult(
@@ -140,6 +146,55 @@ def pretrain(cfg, dataset: OfflineDataset, logdir: str | Path, *, progress: bool
         eval_normalized=None if last_eval is None else last_eval.normalized_score,
         metrics=metrics,
     )
+
+
+def critic_pretrain_loop(learner: Learner, sampler: OfflineSampler, updates: int,
+                         device: torch.device, writer, log_every: int) -> dict[str, float]:
+    """`updates` critic-only updates (`Learner.critic_update`) on offline windows.
+
+    Logs critic_pretrain/{loss,q} against the critic update count.
+    """
+    metrics: dict[str, float] = {}
+    for update in range(1, updates + 1):
+        out = learner.critic_update(to_device(sampler.sample(), device))
+        if update % log_every == 0 or update == updates:
+            metrics = {"critic_pretrain/loss": float(out["loss/critic"]),
+                       "critic_pretrain/q": float(out["policy/q"])}
+            writer.scalars(metrics, update)
+    return metrics
+
+
+def pretrain_critic(cfg, dataset: OfflineDataset, checkpoint: str | Path,
+                    logdir: str | Path) -> Path:
+    """An `odt_td3` checkpoint from any pretrained one: the policy as it is (a Gaussian
+    head becomes the deterministic one) and a critic pretrained on `dataset` with
+    `cfg.objective.critic_pretrain_updates` critic-only updates.
+
+    Writes `<logdir>/pretrain_critic/checkpoint.pt` and its TensorBoard events.
+    """
+    from actors.envs import env_spec
+    from learner.checkpoint import load_checkpoint
+    from learner.finetune import learner_from_checkpoint
+
+    if cfg.objective.kind != "odt_td3":
+        raise ValueError(f"pretrain_critic needs objective.kind='odt_td3', not "
+                         f"{cfg.objective.kind!r}")
+    device = resolve_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    payload = load_checkpoint(checkpoint, map_location=device)
+    learner = learner_from_checkpoint(payload, cfg.objective, replace(cfg.optim, seed=cfg.seed),
+                                      device)
+    learner.reset_targets()
+    steps = flatten_episodes(dataset.episodes, env_spec(cfg.env.env_id).action_box)
+    sampler = OfflineSampler(steps, cfg.model.context_len, cfg.optim.batch_size, seed=cfg.seed)
+    role_dir = Path(logdir) / "pretrain_critic"
+    writer = SummaryWriter(role_dir)
+    critic_pretrain_loop(learner, sampler, cfg.objective.critic_pretrain_updates, device,
+                         writer, cfg.pretrain.log_every)
+    writer.close()
+    extra = {k: payload[k] for k in ("run_config", "dataset") if k in payload}
+    return save_checkpoint(role_dir / "checkpoint.pt",
+                           learner_payload(learner, updates=learner.step, **extra))
 
 
 def evaluate_on_env(model, cfg):

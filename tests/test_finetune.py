@@ -27,7 +27,7 @@ from launch.presets import FinetuneConfig, PretrainConfig, get_preset
 from learner.checkpoint import load_checkpoint
 from learner.config import ObjectiveConfig, OptimConfig
 from learner.finetune import learner_from_checkpoint
-from learner.pretrain import pretrain
+from learner.pretrain import pretrain, pretrain_critic
 from learner.tensorboard import read_scalars
 from models import ModelConfig
 from replay.datasets import load_dataset
@@ -166,6 +166,40 @@ def test_odt_checkpoint_starts_odt_td3_with_its_policy(pretrained):
         torch.testing.assert_close(learner.model(*x).mode, gaussian.model(*x).mode)
 
 
+def test_pretrain_critic_gives_an_odt_td3_checkpoint_with_a_fitted_critic(pretrained):
+    """pretrain_critic keeps the checkpoint's policy (tanh(mu)), adds a critic trained on
+    the offline data (its TD loss falls) and target networks equal to the trained ones;
+    fine-tuning loads it as a whole odt_td3 learner."""
+    data, checkpoint, root = pretrained
+    cfg = replace(tiny_config(), objective=ObjectiveConfig(kind="odt_td3",
+                                                           critic_pretrain_updates=200))
+    out = pretrain_critic(cfg, load_dataset(data), checkpoint, root / "critic")
+    payload = load_checkpoint(out)
+    assert payload["objective"]["kind"] == "odt_td3"
+    loss = [v for _, v in read_scalars(root / "critic" / "pretrain_critic")["critic_pretrain/loss"]]
+    assert len(loss) == 20 and loss[-1] < 0.5 * loss[0]
+    learner = learner_from_checkpoint(payload, cfg.objective, cfg.optim, "cpu")
+    start = learner_from_checkpoint(load_checkpoint(checkpoint), cfg.objective, cfg.optim, "cpu")
+    for name, value in start.model.state_dict().items():
+        torch.testing.assert_close(learner.model.state_dict()[name], value)
+        torch.testing.assert_close(learner.model_target.state_dict()[name], value)
+    assert any(not torch.equal(a, b) for a, b in
+               zip(learner.critic.parameters(), start.critic.parameters()))
+
+
+def test_odt_td3_pretraining_syncs_targets_and_pretrains_the_critic(pretrained, tmp_path):
+    """Pretraining under odt_td3 ends with the target transformer equal to the trained one
+    (TD targets must not come from the untrained network) and a pretrained critic."""
+    data, _, _ = pretrained
+    cfg = replace(tiny_config(), objective=ObjectiveConfig(kind="odt_td3",
+                                                           critic_pretrain_updates=30))
+    result = pretrain(cfg, load_dataset(data), tmp_path)
+    state = load_checkpoint(result.checkpoint)["learner"]
+    for name, value in state["model"].items():
+        torch.testing.assert_close(state["model_target"][name], value)
+    assert "critic_pretrain/loss" in read_scalars(tmp_path / "pretrain")
+
+
 def test_local_cli_refuses_a_missing_checkpoint(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "launch.local", "--checkpoint=/nope.pt",
                            f"--logdir={tmp_path / 'r'}"], cwd=REPO, capture_output=True,
@@ -192,7 +226,8 @@ def test_main_job_runs_collect_pretrain_finetune(tmp_path):
     run = tmp_path / "main"
     proc = subprocess.run(
         [sys.executable, "-m", "launch.main", "--preset=quickstart", f"--logdir={run}",
-         "--collect_episodes=20", "--pretrain_updates=20", "--eval_episodes=2",
+         "--collect_episodes=20", "--pretrain_updates=20", "--critic_pretrain_updates=20",
+         "--eval_episodes=2",
          "--env_steps=200", "--envs_per_actor=2"],
         cwd=REPO, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]

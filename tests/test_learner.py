@@ -167,6 +167,61 @@ def test_odt_td3_targets_follow_online_networks_by_ema():
         assert changed(online_now, target)  # only part of the way
 
 
+def test_critic_update_trains_the_critic_alone():
+    """critic_update steps the critic and moves the target critic by EMA; the transformer,
+    its target and the step counter stay put. The odt objective has no critic to train."""
+    tau = 0.05
+    learner = make_learner("odt_td3", tau=tau)
+    batch = random_batch()
+    model_before, model_target_before = params(learner.model), params(learner.model_target)
+    critic_before, target_before = params(learner.critic), params(learner.critic_target)
+    metrics = learner.critic_update(batch)
+    assert set(metrics) == {"loss/critic", "policy/q"}
+    assert changed(critic_before, learner.critic)
+    assert not changed(model_before, learner.model)
+    assert not changed(model_target_before, learner.model_target)
+    assert learner.step == 0
+    online = params(learner.critic)
+    for name, p in learner.critic_target.named_parameters():
+        expected = (1 - tau) * target_before[name] + tau * online[name]
+        torch.testing.assert_close(p, expected, rtol=1e-5, atol=1e-7)
+    with pytest.raises(ValueError, match="odt_td3"):
+        make_learner("odt").critic_update(batch)
+
+
+def test_critic_updates_fit_terminal_rewards():
+    """On windows whose every step is terminal, the TD target is the reward itself, so
+    critic-only updates fit Q(s, a) to the rewards."""
+    learner = make_learner("odt_td3", critic_lr=3e-3)
+    batch = random_batch()
+    batch["terminated"] = batch["mask"].clone()
+    rewards, mask = batch["rewards"], batch["mask"].bool()
+    for _ in range(400):
+        learner.critic_update(batch)
+    with torch.no_grad():
+        q1, q2 = learner.critic(batch["observations"], batch["actions"])
+    err = torch.maximum((q1 - rewards).abs(), (q2 - rewards).abs())[mask]
+    assert float(err.max()) < 0.1 * float(rewards[mask].abs().max())
+
+
+@pytest.mark.parametrize("normalize", [True, False])
+def test_normalize_q_makes_the_actor_step_free_of_the_q_scale(normalize):
+    """With normalize_q the RL term is rl_coeff * (-mean Q / mean |Q|): a critic whose
+    values are 10x larger gives the same actor step. Without it, the step differs."""
+    models = []
+    for scale in (1.0, 10.0):
+        learner = make_learner("odt_td3", normalize_q=normalize, rl_coeff=1.0,
+                               actor_update_interval=1, critic_lr=1e-12)
+        with torch.no_grad():
+            for q in (learner.critic.q1, learner.critic.q2):
+                q[-1].weight.mul_(scale)
+                q[-1].bias.mul_(scale)
+        learner.update(random_batch())
+        models.append(params(learner.model))
+    same = all(torch.allclose(models[0][n], models[1][n], atol=1e-5) for n in models[0])
+    assert same == normalize
+
+
 def test_odt_learner_overfits_a_tiny_dataset():
     """200 ODT updates on a fixed set of windows drive the NLL far down and make the
     policy's mode fit the (state-determined) actions."""

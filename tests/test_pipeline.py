@@ -145,7 +145,8 @@ def test_collect_from_checkpoint_with_noise(pretrained, tmp_path):
 def test_pretrain_and_evaluate_cli(scripted_dataset, tmp_path):
     logdir = tmp_path / "run"
     proc = run_cli("-m", "learner.pretrain", f"--dataset={scripted_dataset}",
-                   f"--logdir={logdir}", "--pretrain_updates=20", "--eval_episodes=2")
+                   f"--logdir={logdir}", "--pretrain_updates=20", "--critic_pretrain_updates=20",
+                   "--eval_episodes=2")
     assert proc.returncode == 0, proc.stderr
     assert (logdir / "pretrain" / "checkpoint.pt").is_file()
     assert (logdir / "config.json").is_file()
@@ -158,8 +159,8 @@ def test_pretrain_and_evaluate_cli(scripted_dataset, tmp_path):
 def test_main_job_runs_the_offline_pipeline(tmp_path):
     logdir = tmp_path / "main"
     proc = run_cli("-m", "launch.main", "--preset=quickstart", f"--logdir={logdir}",
-                   "--collect_episodes=10", "--pretrain_updates=20", "--eval_episodes=2",
-                   "--online=false")
+                   "--collect_episodes=10", "--pretrain_updates=20",
+                   "--critic_pretrain_updates=20", "--eval_episodes=2", "--online=false")
     assert proc.returncode == 0, proc.stderr
     for row in ("dataset return", "pretrained eval return", "wall time"):
         assert row in proc.stdout
@@ -183,6 +184,7 @@ def test_main_job_runs_the_offline_pipeline(tmp_path):
         (["--preset=nope"], "unknown preset 'nope'"),
         (["--pretrain_updates=-3", "--eval_episodes=0"], "pretrain.updates=-3 must be >= 0"),
         (["--dataset=/nonexistent/x.hdf5"], "/nonexistent/x.hdf5: no such file"),
+        (["--critic_pretrain_updates=-1"], "objective.critic_pretrain_updates=-1 must be >= 0"),
     ],
 )
 def test_bad_input_exits_nonzero_with_a_clear_message(args, message, tmp_path):
