@@ -26,36 +26,16 @@ flags.DEFINE_integer("env_steps", None, "Online budget per run; default: the pre
 flags.DEFINE_string("out", "runs/learning", "Folder for the runs (must not exist).")
 flags.DEFINE_string("preset", "quickstart", "Preset.")
 flags.DEFINE_list("objectives", ["odt", "odt_td3"], "Objectives to fine-tune with.")
-flags.DEFINE_multi_string("set", [], "Config override, dotted field=value (Python literal), "
+flags.DEFINE_multi_string("set", [], "Config override, dotted field=value, "
                           "e.g. --set=objective.rl_coeff=0.5; repeatable.")
-
-
-def apply_overrides(cfg, overrides: list[str]):
-    """`cfg` with each 'dotted.field=value' applied; the value is a Python literal."""
-    import ast
-
-    from launch.flags import with_field
-
-    for item in overrides:
-        path, sep, text = item.partition("=")
-        if not sep:
-            raise ValueError(f"--set={item!r} must read dotted.field=value")
-        try:
-            value = ast.literal_eval(text)
-        except (ValueError, SyntaxError):
-            value = text
-        try:
-            cfg = with_field(cfg, path, value)
-        except (TypeError, AttributeError) as exc:
-            raise ValueError(f"--set={item!r}: no such config field ({exc})") from exc
-    return cfg
 
 
 def main(argv) -> None:
     del argv
     from launch.local import run_local
     from launch.pipeline import obtain_dataset, save_config
-    from launch.presets import get_preset, validate
+    from launch.flags import apply_setting, checked
+    from launch.presets import get_preset
     from learner.pretrain import pretrain, pretrain_critic
 
     FLAGS = flags.FLAGS
@@ -63,10 +43,10 @@ def main(argv) -> None:
     if out.exists():
         raise FileExistsError(f"--out={out} already exists")
     out.mkdir(parents=True)
-    base = apply_overrides(get_preset(FLAGS.preset), FLAGS.set)
-    problems = validate(base)
-    if problems:
-        raise ValueError("invalid configuration:\n  " + "\n  ".join(problems))
+    base = get_preset(FLAGS.preset)
+    for item in FLAGS.set:
+        base = apply_setting(base, item)
+    base = checked(base)
     if FLAGS.env_steps is not None:
         base = replace(base, finetune=replace(base.finetune, env_steps=FLAGS.env_steps))
     dataset = obtain_dataset(base, out, progress=False)
