@@ -4,9 +4,13 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+import torch
+
 from models import CriticConfig
 
 OBJECTIVES = ("odt", "odt_td3")
+PRECISIONS = ("auto", "fp32", "bf16")
+SWITCHES = ("auto", "on", "off")
 
 
 @dataclass(frozen=True)
@@ -86,6 +90,48 @@ class OptimConfig:
         if self.batch_size < 1:
             problems.append(f"optim.batch_size={self.batch_size} must be >= 1")
         return problems
+
+
+@dataclass(frozen=True)
+class ComputeConfig:
+    """How the learner computes an update; none of it changes what an update means.
+
+    'auto' picks per device, from bench/learner.py measurements (DESIGN.md, "Learner
+    speed"): on CUDA bf16 autocast and torch.compile; on CPU fp32 and eager, where
+    bf16 autocast and compilation were slower or no faster for onramp's models.
+    """
+
+    precision: str = "auto"
+    """'fp32', or 'bf16': the transformer and critic forward passes under bf16 autocast
+    (weights, optimizer states and losses stay fp32)."""
+    compile: str = "auto"
+    """'on': the transformer's encoder (and the critic) through torch.compile."""
+    fused_optimizers: bool = True
+    """Single-kernel (fused) Adam/AdamW for the critic and temperature, and LAMB's
+    multi-tensor (foreach) step."""
+
+    def validate(self) -> list[str]:
+        problems = []
+        if self.precision not in PRECISIONS:
+            problems.append(f"compute.precision={self.precision!r} must be one of {PRECISIONS}")
+        if self.compile not in SWITCHES:
+            problems.append(f"compute.compile={self.compile!r} must be one of {SWITCHES}")
+        return problems
+
+    def resolve(self, device: torch.device) -> tuple[bool, bool]:
+        """(bf16 autocast, compile) in effect on `device`."""
+        cuda = device.type == "cuda"
+        bf16 = self.precision == "bf16" or (
+            self.precision == "auto" and cuda and torch.cuda.is_bf16_supported()
+        )
+        compiled = self.compile == "on" or (self.compile == "auto" and cuda)
+        return bf16, compiled
+
+
+DEFAULT_COMPUTE = ComputeConfig()
+
+EAGER_FP32 = ComputeConfig(precision="fp32", compile="off", fused_optimizers=False)
+"""The reference path: what the learner computed before any of ComputeConfig existed."""
 
 
 def config_dict(obj) -> dict:
