@@ -145,7 +145,7 @@ def learner_role(cfg, paths: RunPaths, address: str, spec: ReplaySpec, stop) -> 
     device = distributed.local_device(device)
     torch.manual_seed(cfg.seed)
     payload = load_checkpoint(paths.checkpoint, map_location=device)
-    learner = learner_from_checkpoint(payload, cfg.objective, cfg.optim, device)
+    learner = learner_from_checkpoint(payload, cfg.objective, cfg.optim, device, cfg.compute)
     if world_size > 1:  # Learner() seeded every rank alike
         torch.manual_seed(cfg.seed + rank)
     import reverb  # the client lives in this process
@@ -220,7 +220,7 @@ def load_arrays(model, arrays: dict[str, np.ndarray]) -> None:
 
 def actor_role(actor_id: int, cfg, paths: RunPaths, address: str, spec: ReplaySpec,
                stop) -> None:
-    from actors.actor import Actor
+    from actors.actor import Actor, BackgroundSink
     from actors.context import BatchedPolicy
     from actors.envs import VectorEnv
 
@@ -229,11 +229,14 @@ def actor_role(actor_id: int, cfg, paths: RunPaths, address: str, spec: ReplaySp
     model = policy_from_checkpoint(cfg, paths.checkpoint)
     mode = "sample" if cfg.objective.kind == "odt" else "noisy"
     policy = BatchedPolicy(model, mode=mode, noise_std=cfg.actor.exploration_noise, seed=seed)
-    env = VectorEnv(cfg.env.env_id, cfg.actor.envs_per_actor, seed)
+    env = VectorEnv(cfg.env.env_id, cfg.actor.envs_per_actor, seed,
+                    cfg.actor.env_batch_size or None)
     puller = ParamsPuller(address, expected_params(model), interval_s=cfg.actor.params_interval_s)
     puller.start()
     writer = SummaryWriter(paths.role_dir(f"actor_{actor_id}"))
     sink = EpisodeWriter(address, spec)
+    if cfg.actor.background_writes:
+        sink = BackgroundSink(sink)
     started = time.perf_counter()
 
     actor: Actor
