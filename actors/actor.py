@@ -59,25 +59,34 @@ class BackgroundSink:
         self._queue.put(steps)
         return len(steps)
 
-    def close(self, timeout_s: float = 10.0) -> None:
-        """Write what is queued, stop the thread, close the inner sink if it can be.
+    def close(self, timeout_s: float = 10.0, discard_queued: bool = False) -> bool:
+        """Stop the thread after the queued episodes (or, with `discard_queued`, after
+        the one being written), then close the inner sink if it can be closed.
 
-        Raises TimeoutError when the thread is still writing after timeout_s (a sink
-        held by the rate limiter); the inner sink is then left to the thread.
+        Returns False when the thread is still writing after timeout_s (a write held
+        by the rate limiter once the learner is gone); the daemon thread is then left
+        to end with the process and the inner sink is not closed. Raises the thread's
+        error, if it had one.
         """
+        if discard_queued:
+            while True:
+                try:
+                    self._queue.get_nowait()
+                except queue.Empty:
+                    break
         if self._thread.is_alive():
             try:
                 self._queue.put(None, timeout=timeout_s)
             except queue.Full:
-                pass
+                return False
             self._thread.join(timeout_s)
             if self._thread.is_alive():
-                raise TimeoutError(f"the episode writer thread was still writing after "
-                                   f"{timeout_s:g} s")
+                return False
         close = getattr(self.sink, "close", None)
         if close is not None:
             close()
         self._raise_error()
+        return True
 
     def _raise_error(self) -> None:
         if self._error is not None:

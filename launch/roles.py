@@ -268,7 +268,12 @@ def actor_role(actor_id: int, cfg, paths: RunPaths, address: str, spec: ReplaySp
         puller.stop()
         writer.close()
         env.close()
-        sink.close()
+        if isinstance(sink, BackgroundSink):
+            # The run is stopping: episodes still queued are not worth a write the rate
+            # limiter may hold once the learner has stopped.
+            sink.close(discard_queued=True)
+        else:
+            sink.close()
 
 
 # ---- evaluator -------------------------------------------------------------------
