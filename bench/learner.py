@@ -53,10 +53,10 @@ CONFIGS = {
 
 PATHS = {
     "eager_fp32": EAGER_FP32,
-    "fused": ComputeConfig(precision="fp32", compile="off", fused_optimizers=True),
-    "bf16": ComputeConfig(precision="bf16", compile="off", fused_optimizers=True),
-    "compiled": ComputeConfig(precision="fp32", compile="on", fused_optimizers=True),
-    "compiled_bf16": ComputeConfig(precision="bf16", compile="on", fused_optimizers=True),
+    "fused": ComputeConfig(precision="fp32", compile="off", fused_optimizers="on"),
+    "bf16": ComputeConfig(precision="bf16", compile="off", fused_optimizers="on"),
+    "compiled": ComputeConfig(precision="fp32", compile="on", fused_optimizers="on"),
+    "compiled_bf16": ComputeConfig(precision="bf16", compile="on", fused_optimizers="on"),
     "auto": ComputeConfig(),
 }
 
@@ -197,7 +197,7 @@ def measure(name: str, kind: str, paths: list[str], seconds: float, rounds: int,
             "path": path,
             "bf16": learner.bf16,
             "compiled": learner.compiled,
-            "fused_optimizers": compute.fused_optimizers,
+            "fused_optimizers": learner.fused,
             "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
             "threads": torch.get_num_threads(),
             "batch_size": batch_size,

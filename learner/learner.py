@@ -85,8 +85,8 @@ class Learner:
         self.objective = objective
         self.optim = optim
         self.compute = compute
-        self.bf16, self.compiled = compute.resolve(self.device)
-        fused = compute.fused_optimizers
+        self.bf16, self.compiled, self.fused = compute.resolve(self.device)
+        fused = self.fused
         self.model_cfg = replace(model_cfg, policy=objective.policy)
         torch.manual_seed(optim.seed)
         self.model = DecisionTransformer(self.model_cfg).to(self.device)
