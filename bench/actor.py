@@ -18,7 +18,7 @@ Every variant acts for --batch_size envs per forward pass, the limits' batch.
 
     python -m bench.actor [--env_id=InvertedPendulum-v4] [--batch_size=8]
         [--variants=lockstep_inline,lockstep_background,async_background]
-        [--seconds=4] [--rounds=2]
+        [--seconds=3] [--rounds=2]
 """
 
 from __future__ import annotations
@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch_size", type=int, default=8,
                         help="environments per forward pass")
     parser.add_argument("--variants", default=",".join(VARIANTS))
-    parser.add_argument("--seconds", type=float, default=4.0,
+    parser.add_argument("--seconds", type=float, default=3.0,
                         help="timed seconds per variant, and per limit")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--server", choices=("process", "thread"), default="process",

@@ -15,7 +15,7 @@ Each ends with the same deterministic evaluation. Prints one JSON object.
 Targets: distributed within 1.2x of the floor, faster than serial, with an
 evaluation return at least the serial one's.
 
-    python -m bench.e2e [--env_steps=400] [--pretrain_updates=100] [--tolerance_steps=50]
+    python -m bench.e2e [--env_steps=200] [--pretrain_updates=100] [--tolerance_steps=50]
         [--objective=odt_td3]
 """
 
@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="quickstart")
     parser.add_argument("--objective", default=None, help="default: the preset's")
-    parser.add_argument("--env_steps", type=int, default=400)
+    parser.add_argument("--env_steps", type=int, default=200)
     parser.add_argument("--pretrain_updates", type=int, default=100)
     parser.add_argument("--tolerance_steps", type=float, default=50.0,
                         help="replay.tolerance_steps of the distributed run: the preset's "

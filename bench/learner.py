@@ -25,7 +25,7 @@ matmul on the same threads, right after the timed updates. The bf16 matmul peak
 lower, and bf16 paths are held to the fp32 peak all the same.
 
     python -m bench.learner [--configs=quickstart,standard] [--objectives=odt,odt_td3]
-        [--paths=eager_fp32,fused,bf16,compiled,auto] [--seconds=3] [--rounds=3]
+        [--paths=eager_fp32,fused,bf16,compiled,auto] [--seconds=2] [--rounds=2]
         [--device=auto]
 """
 
@@ -161,7 +161,7 @@ def model_flops_per_update(learner: Learner, batch_size: int) -> float:
 
 def _timed_updates(learner: Learner, batch, seconds: float, device) -> tuple[int, float]:
     updates, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds or updates < 2:
+    while time.perf_counter() - start < seconds or updates < 1:
         learner.update(batch)
         updates += 1
     _sync(device)
@@ -184,8 +184,8 @@ def measure(name: str, kind: str, paths: list[str], seconds: float, rounds: int,
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         t0 = time.perf_counter()
-        # Two full actor cycles under odt_td3, so compiled graphs for both branches exist.
-        for _ in range(4):
+        # Under odt_td3 a full actor cycle, so both branches are warm (compiled: two).
+        for _ in range(4 if learner.compiled else 2):
             learner.update(batch)
         _sync(device)
         warmup_s = time.perf_counter() - t0
@@ -251,11 +251,13 @@ def measure(name: str, kind: str, paths: list[str], seconds: float, rounds: int,
 
 
 def default_paths(device: torch.device) -> str:
-    """CPU: no compiled paths (compiling takes about a minute per model here and made
-    no path faster); CUDA: all of them."""
+    """CUDA: all of them. CPU: neither compiled paths (compiling took about a minute per
+    model and made no update faster) nor bf16 (without bf16 vector units its matmuls
+    run ~100x below fp32: minutes per update of the standard model); ask for them
+    with --paths."""
     if device.type == "cuda":
         return "eager_fp32,fused,bf16,compiled,compiled_bf16,auto"
-    return "eager_fp32,fused,bf16,auto"
+    return "eager_fp32,fused,auto"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -263,8 +265,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--configs", default="quickstart,standard")
     parser.add_argument("--objectives", default="odt,odt_td3")
     parser.add_argument("--paths", default=None, help="default: per device, see default_paths")
-    parser.add_argument("--seconds", type=float, default=3.0, help="timed seconds per path")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=2.0, help="timed seconds per path")
+    parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--device", default="auto")
     args = parser.parse_args(argv)
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu")

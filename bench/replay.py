@@ -12,7 +12,7 @@ Then, in this process:
 One JSON object per configuration (bench.learner's CONFIGS; the standard one is
 ODT's batch 256, K = 20).
 
-    python -m bench.replay [--configs=standard] [--objective=odt_td3] [--seconds=6]
+    python -m bench.replay [--configs=standard] [--objective=odt_td3] [--seconds=5]
 """
 
 from __future__ import annotations
@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--configs", default="standard")
     parser.add_argument("--objective", default="odt_td3")
-    parser.add_argument("--seconds", type=float, default=6.0,
+    parser.add_argument("--seconds", type=float, default=5.0,
                         help="timed seconds of each of the three measurements")
     parser.add_argument("--episodes", type=int, default=20, help="1000-step episodes in the table")
     parser.add_argument("--server", choices=("process", "thread"), default="process",
