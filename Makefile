@@ -28,8 +28,13 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check actors learner replay models launch bench tests
 
+# Every benchmark on CPU with short default durations (under 10 minutes on 2 cores);
+# each prints JSON lines. Longer runs: call the modules with --seconds / --env_steps.
 bench: $(STAMP)
 	$(PY) -m bench.learner
+	$(PY) -m bench.actor
+	$(PY) -m bench.replay
+	$(PY) -m bench.e2e
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

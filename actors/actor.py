@@ -1,8 +1,12 @@
 """The actor loop: an envpool batch, one batched policy forward per step, episodes out.
 
-Each actor steps M environments in lockstep, acts for all of them with one forward
-pass over their contexts, buffers each environment's episode, and hands a finished
-episode (hindsight returns-to-go computed from the rewards achieved) to its writer.
+Each actor steps M environments through envpool's send/recv API, acts for each batch
+of environments that comes back with one forward pass over their contexts, buffers
+each environment's episode, and hands a finished episode (hindsight returns-to-go
+computed from the rewards achieved) to its writer. With an env batch smaller than M
+(`VectorEnv(batch_size=...)`) the other environments step while the policy runs;
+with `BackgroundSink` the Reverb writes run in a thread of their own, off the
+inference path.
 Exploration is conditioned on the online target return, decremented by rewards:
 sampled actions under ODT, deterministic actions plus Gaussian noise under ODT+TD3.
 Newer weights are swapped in between steps when the params source has them.
@@ -13,9 +17,12 @@ logger) explicitly; `run_actor_process` wires the real ones in a spawned process
 
 from __future__ import annotations
 
+import queue
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, Protocol
+from typing import Protocol
 
 import numpy as np
 
@@ -26,6 +33,76 @@ from replay.windows import FlatSteps, flatten_episode
 
 class EpisodeSink(Protocol):
     def write(self, steps: FlatSteps) -> int: ...
+
+
+class BackgroundSink:
+    """Hands episodes to `sink.write` in a thread of its own.
+
+    `write` returns as soon as the episode is queued; it blocks only while
+    `max_queued` episodes already wait, so a sink held back by the replay rate
+    limiter still holds the actor back, `max_queued` episodes later. An error in the
+    thread is raised by the next `write` or by `close`. The inner sink is created
+    lazily by its own first write, so its Reverb writer belongs to the thread.
+    """
+
+    def __init__(self, sink: EpisodeSink, max_queued: int = 4):
+        if max_queued < 1:
+            raise ValueError(f"{max_queued=} must be >= 1")
+        self.sink = sink
+        self._queue: queue.Queue = queue.Queue(maxsize=max_queued)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="episode-writer", daemon=True)
+        self._thread.start()
+
+    def write(self, steps: FlatSteps) -> int:
+        self._raise_error()
+        self._queue.put(steps)
+        return len(steps)
+
+    def close(self, timeout_s: float = 10.0, discard_queued: bool = False) -> bool:
+        """Stop the thread after the queued episodes (or, with `discard_queued`, after
+        the one being written), then close the inner sink if it can be closed.
+
+        Returns False when the thread is still writing after timeout_s (a write held
+        by the rate limiter once the learner is gone); the daemon thread is then left
+        to end with the process and the inner sink is not closed. Raises the thread's
+        error, if it had one.
+        """
+        if discard_queued:
+            while True:
+                try:
+                    self._queue.get_nowait()
+                except queue.Empty:
+                    break
+        if self._thread.is_alive():
+            try:
+                self._queue.put(None, timeout=timeout_s)
+            except queue.Full:
+                return False
+            self._thread.join(timeout_s)
+            if self._thread.is_alive():
+                return False
+        close = getattr(self.sink, "close", None)
+        if close is not None:
+            close()
+        self._raise_error()
+        return True
+
+    def _raise_error(self) -> None:
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise RuntimeError("the episode writer thread failed") from error
+
+    def _run(self) -> None:
+        while True:
+            steps = self._queue.get()
+            if steps is None:
+                return
+            try:
+                self.sink.write(steps)
+            except Exception as error:  # noqa: BLE001 (raised again in the actor loop)
+                self._error = error
+                return
 
 
 class ParamsSource(Protocol):
@@ -99,33 +176,54 @@ class Actor:
         return True
 
     def run(self, should_stop: Callable[[], bool], max_env_steps: int | None = None) -> ActorStats:
-        """Act until `should_stop()` or `max_env_steps` real transitions."""
-        n = self.env.num_envs
-        obs = self.env.reset()
-        self.ctx.start(np.ones(n, bool), obs, self.target_return)
-        buffers = [_EpisodeBuffer(obs[i], self.stats.weights_step) for i in range(n)]
-        stats = self.stats
+        """Act until `should_stop()` or `max_env_steps` real transitions.
+
+        Each turn: receive the next batch of environments, book their transitions,
+        act for exactly those environments, send the actions.
+        """
+        env, ctx, stats = self.env, self.ctx, self.stats
+        n = env.num_envs
+        spec = env.spec
+        buffers: list[_EpisodeBuffer | None] = [None] * n
+        taken = np.zeros((n, spec.act_dim), np.float32)  # each env's action in flight
+        observations = np.zeros((n, *spec.observation_shape), np.float32)
+        rewards = np.zeros(n, np.float32)
+        env.start()
         while not should_stop() and (max_env_steps is None or stats.env_steps < max_env_steps):
             self.maybe_update_weights()
             t0 = time.perf_counter()
-            actions = self.policy.act(self.ctx)
+            ids, result = env.recv()
             t1 = time.perf_counter()
-            self.ctx.record_actions(actions)
-            result = self.env.step(actions)
-            t2 = time.perf_counter()
-            stats.inference_s += t1 - t0
-            stats.env_s += t2 - t1
-            for i in np.flatnonzero(result.is_transition):
-                buffers[i].add(actions[i], float(result.rewards[i]), result.observations[i])
-                if result.done[i]:
-                    self._finish(buffers[i], bool(result.terminated[i]))
+            for j in np.flatnonzero(result.is_transition):
+                i = ids[j]
+                buffers[i].add(taken[i].copy(), float(result.rewards[j]), result.observations[j])
+                if result.done[j]:
+                    self._finish(buffers[i], bool(result.terminated[j]))
             stats.env_steps += int(result.is_transition.sum())
-            for i in np.flatnonzero(result.is_reset):
-                buffers[i] = _EpisodeBuffer(result.observations[i], stats.weights_step)
-            self.ctx.advance(result.is_transition & ~result.done, result.observations,
-                             result.rewards)
-            self.ctx.start(result.is_reset, result.observations, self.target_return)
+            for j in np.flatnonzero(result.is_reset):
+                buffers[ids[j]] = _EpisodeBuffer(result.observations[j], stats.weights_step)
+            observations[ids] = result.observations
+            rewards[ids] = result.rewards
+            ctx.advance(self._rows(n, ids, result.is_transition & ~result.done), observations,
+                        rewards)
+            ctx.start(self._rows(n, ids, result.is_reset), observations, self.target_return)
+            t2 = time.perf_counter()
+            actions = self.policy.act(ctx, ids)
+            t3 = time.perf_counter()
+            ctx.record_actions(actions, ids)
+            taken[ids] = actions
+            env.send(actions, ids)
+            t4 = time.perf_counter()
+            stats.inference_s += t3 - t2
+            stats.env_s += (t1 - t0) + (t4 - t3)
         return stats
+
+    @staticmethod
+    def _rows(n: int, ids: np.ndarray, selected: np.ndarray) -> np.ndarray:
+        """A boolean mask over all n envs, true for the envs ids[selected]."""
+        rows = np.zeros(n, bool)
+        rows[ids[selected]] = True
+        return rows
 
     def _finish(self, buffer: _EpisodeBuffer, terminated: bool) -> None:
         steps = buffer.finish(terminated)

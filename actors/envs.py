@@ -50,7 +50,7 @@ class EnvSpec:
         return ActionBox.from_bounds(self.action_low, self.action_high)
 
 
-def _make(env_id: str, num_envs: int, seed: int):
+def _make(env_id: str, num_envs: int, seed: int, batch_size: int | None = None):
     import envpool
 
     if env_id not in envpool.list_all_envs():
@@ -58,7 +58,8 @@ def _make(env_id: str, num_envs: int, seed: int):
     with warnings.catch_warnings():
         # gymnasium warns that MuJoCo's float64 Box bounds are stored as float32; harmless.
         warnings.filterwarnings("ignore", message=".*precision lowered.*")
-        return envpool.make_gymnasium(env_id, num_envs=num_envs, seed=seed)
+        return envpool.make_gymnasium(env_id, num_envs=num_envs, seed=seed,
+                                      batch_size=batch_size or num_envs)
 
 
 def env_spec(env_id: str) -> EnvSpec:
@@ -105,35 +106,75 @@ class StepResult:
 
 
 class VectorEnv:
-    """A batch of `num_envs` envpool environments stepping in lockstep.
+    """A batch of `num_envs` envpool environments.
 
-    After an environment's episode ends, its next `step` is envpool's auto-reset:
-    the action is ignored and the result is flagged `is_reset`, carrying the new
+    After an environment's episode ends, its next step is envpool's auto-reset: the
+    action is ignored and the result is flagged `is_reset`, carrying the new
     episode's first observation.
+
+    Two ways to drive it:
+    - lockstep: `reset()`, then `step(actions)` for all `num_envs` at once;
+    - send/recv (envpool's asynchronous API): `start()`, then repeatedly
+      `env_ids, result = recv()` and `send(actions, env_ids)`. `recv` returns the
+      first `batch_size` environments to finish their step, so with
+      `batch_size < num_envs` the other environments step (in envpool's C++ threads)
+      while the caller computes actions. Right after `start()` every environment
+      comes back once flagged `is_reset` with its first observation.
+      `batch_size == num_envs` is lockstep through the same calls.
     """
 
-    def __init__(self, env_id: str, num_envs: int, seed: int):
+    def __init__(self, env_id: str, num_envs: int, seed: int, batch_size: int | None = None):
+        batch_size = batch_size or num_envs
+        if not 1 <= batch_size <= num_envs:
+            raise ValueError(f"{batch_size=} must lie in [1, num_envs={num_envs}]")
         self.spec = env_spec(env_id)
         self.num_envs = num_envs
-        self._env = _make(env_id, num_envs, seed)
+        self.batch_size = batch_size
+        self._env = _make(env_id, num_envs, seed, batch_size)
         self._box = self.spec.action_box
         self._ids = np.arange(num_envs, dtype=np.int32)
         self._was_done = np.zeros(num_envs, bool)
 
     def reset(self) -> np.ndarray:
+        """Reset every env (lockstep only); their first observations, (N, *obs)."""
+        self._require_lockstep("reset")
         obs, _ = self._env.reset()
         self._was_done[:] = False
         return np.asarray(obs, np.float32)
 
     def step(self, actions: np.ndarray) -> StepResult:
-        """Step every env with `actions` in [-1, 1] (shape (N, *action_shape))."""
+        """Step every env with `actions` in [-1, 1] (shape (N, *action_shape)); lockstep only."""
+        self._require_lockstep("step")
         obs, rew, term, trunc, _ = self._env.step(self._box.to_env(actions), self._ids)
-        is_reset = self._was_done.copy()
+        return self._result(self._ids, obs, rew, term, trunc)
+
+    def start(self) -> None:
+        """Begin send/recv stepping: reset every env; `recv` returns them flagged is_reset."""
+        self._env.async_reset()
+        self._was_done[:] = True
+
+    def send(self, actions: np.ndarray, env_ids: np.ndarray) -> None:
+        """Step the envs `env_ids` (as `recv` gave them) with `actions` in [-1, 1]."""
+        self._env.send(self._box.to_env(actions), env_ids)
+
+    def recv(self) -> tuple[np.ndarray, StepResult]:
+        """(env ids, their results) of the next `batch_size` envs done stepping."""
+        obs, rew, term, trunc, info = self._env.recv()
+        ids = np.asarray(info["env_id"], np.int32)
+        return ids, self._result(ids, obs, rew, term, trunc)
+
+    def _result(self, ids, obs, rew, term, trunc) -> StepResult:
+        is_reset = self._was_done[ids]
         term = np.asarray(term, bool) & ~is_reset
         trunc = np.asarray(trunc, bool) & ~is_reset
-        self._was_done = term | trunc
+        self._was_done[ids] = term | trunc
         rew = np.where(is_reset, 0.0, rew).astype(np.float32)
         return StepResult(np.asarray(obs, np.float32), rew, term, trunc, is_reset)
+
+    def _require_lockstep(self, name: str) -> None:
+        if self.batch_size != self.num_envs:
+            raise RuntimeError(f"VectorEnv.{name} steps every env at once; with batch_size="
+                               f"{self.batch_size} < num_envs={self.num_envs} use start/send/recv")
 
     def close(self) -> None:
         self._env.close()

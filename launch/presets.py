@@ -16,7 +16,7 @@ import typing
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 
-from learner.config import ObjectiveConfig, OptimConfig
+from learner.config import ComputeConfig, ObjectiveConfig, OptimConfig
 from models import CriticConfig, ModelConfig
 
 
@@ -87,6 +87,13 @@ class ActorConfig:
     """Std of the Gaussian noise on ODT+TD3's deterministic actions (vitamin paper: 0.1)."""
     params_interval_s: float = 1.0
     """How often actors look for newer weights."""
+    env_batch_size: int = 0
+    """Envs per inference batch through envpool's send/recv; 0: all envs_per_actor in
+    lockstep. Smaller batches let the others step during inference, which pays only
+    when an env step costs about as much as a forward pass (bench/actor.py)."""
+    background_writes: bool = True
+    """Write finished episodes to Reverb in a thread of the actor, off the inference
+    path (bench/actor.py)."""
 
 
 @dataclass(frozen=True)
@@ -114,6 +121,7 @@ class RunConfig:
     model: ModelConfig
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
+    compute: ComputeConfig = field(default_factory=ComputeConfig)
     data: DataConfig = field(default_factory=DataConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -168,7 +176,8 @@ def flatten(config, prefix: str = "") -> dict[str, object]:
 
 def validate(cfg: RunConfig) -> list[str]:
     """Every problem of the config, each naming the field and its value."""
-    problems = cfg.model.validate() + cfg.objective.validate() + cfg.optim.validate()
+    problems = (cfg.model.validate() + cfg.objective.validate() + cfg.optim.validate()
+                + cfg.compute.validate())
     if cfg.pretrain.updates < 0:
         problems.append(f"pretrain.updates={cfg.pretrain.updates} must be >= 0")
     for name in ("log_every", "checkpoint_every"):
@@ -207,6 +216,9 @@ def validate(cfg: RunConfig) -> list[str]:
     for name in ("num_actors", "envs_per_actor"):
         if getattr(cfg.actor, name) < 1:
             problems.append(f"actor.{name}={getattr(cfg.actor, name)} must be >= 1")
+    if not 0 <= cfg.actor.env_batch_size <= cfg.actor.envs_per_actor:
+        problems.append(f"actor.env_batch_size={cfg.actor.env_batch_size} must lie in "
+                        f"[0, actor.envs_per_actor={cfg.actor.envs_per_actor}]")
     if cfg.actor.exploration_noise < 0:
         problems.append(f"actor.exploration_noise={cfg.actor.exploration_noise} must be >= 0")
     for name in ("env_steps", "publish_every", "log_every", "checkpoint_every",

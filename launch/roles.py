@@ -223,7 +223,7 @@ def learner_role(cfg, paths: RunPaths, address: str, spec: ReplaySpec, stop) -> 
     device = distributed.local_device(device)
     torch.manual_seed(cfg.seed)
     payload = load_checkpoint(paths.checkpoint, map_location=device)
-    learner = learner_from_checkpoint(payload, cfg.objective, cfg.optim, device)
+    learner = learner_from_checkpoint(payload, cfg.objective, cfg.optim, device, cfg.compute)
     if world_size > 1:  # Learner() seeded every rank alike
         torch.manual_seed(cfg.seed + rank)
     import reverb  # the client lives in this process
@@ -324,7 +324,7 @@ def actor_role(actor_id: int, cfg, paths: RunPaths, address: str, spec: ReplaySp
     actor's TensorBoard step is the run's environment steps when it started plus its
     own, so a restarted or resumed actor's curves go on from where the run is.
     """
-    from actors.actor import Actor
+    from actors.actor import Actor, BackgroundSink
     from actors.context import BatchedPolicy
     from actors.envs import VectorEnv
 
@@ -334,12 +334,15 @@ def actor_role(actor_id: int, cfg, paths: RunPaths, address: str, spec: ReplaySp
     model = policy_from_checkpoint(cfg, paths.checkpoint)
     mode = "sample" if cfg.objective.kind == "odt" else "noisy"
     policy = BatchedPolicy(model, mode=mode, noise_std=cfg.actor.exploration_noise, seed=seed)
-    env = VectorEnv(cfg.env.env_id, cfg.actor.envs_per_actor, seed)
+    env = VectorEnv(cfg.env.env_id, cfg.actor.envs_per_actor, seed,
+                    cfg.actor.env_batch_size or None)
     puller = ParamsPuller(address, expected_params(model), interval_s=cfg.actor.params_interval_s)
     puller.start()
     base_step = run_env_steps(address, spec)
     writer = SummaryWriter(paths.role_dir(f"actor_{actor_id}"), purge_step=base_step)
     sink = EpisodeWriter(address, spec)
+    if cfg.actor.background_writes:
+        sink = BackgroundSink(sink)
     started = time.perf_counter()
 
     actor: Actor
@@ -372,7 +375,12 @@ def actor_role(actor_id: int, cfg, paths: RunPaths, address: str, spec: ReplaySp
         puller.stop()
         writer.close()
         env.close()
-        sink.close()
+        if isinstance(sink, BackgroundSink):
+            # The run is stopping: episodes still queued are not worth a write the rate
+            # limiter may hold once the learner has stopped.
+            sink.close(discard_queued=True)
+        else:
+            sink.close()
 
 
 # ---- evaluator -------------------------------------------------------------------

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+import torch
+
 from models import CriticConfig
 
 OBJECTIVES = ("odt", "odt_td3")
+PRECISIONS = ("auto", "fp32", "bf16")
+SWITCHES = ("auto", "on", "off")
 
 
 @dataclass(frozen=True)
@@ -96,6 +100,52 @@ class OptimConfig:
         if self.batch_size < 1:
             problems.append(f"optim.batch_size={self.batch_size} must be >= 1")
         return problems
+
+
+@dataclass(frozen=True)
+class ComputeConfig:
+    """How the learner computes an update; none of it changes what an update means.
+
+    'auto' picks per device, from bench/learner.py measurements (DESIGN.md,
+    "Performance"): on CUDA bf16 autocast, torch.compile and fused optimizers; on CPU
+    fp32, eager and per-tensor optimizer steps, where bf16 autocast and compilation
+    were slower and fused optimizers no faster for onramp's models.
+    """
+
+    precision: str = "auto"
+    """'fp32', or 'bf16': the transformer and critic forward passes under bf16 autocast
+    (weights, optimizer states and losses stay fp32)."""
+    compile: str = "auto"
+    """'on': the transformer's encoder (and the critic) through torch.compile."""
+    fused_optimizers: str = "auto"
+    """'on': single-kernel (fused) Adam/AdamW for the critic and temperature, and LAMB's
+    multi-tensor (foreach) step; 'off': per-tensor steps."""
+
+    def validate(self) -> list[str]:
+        problems = []
+        if self.precision not in PRECISIONS:
+            problems.append(f"compute.precision={self.precision!r} must be one of {PRECISIONS}")
+        for name in ("compile", "fused_optimizers"):
+            value = getattr(self, name)
+            if value not in SWITCHES:
+                problems.append(f"compute.{name}={value!r} must be one of {SWITCHES}")
+        return problems
+
+    def resolve(self, device: torch.device) -> tuple[bool, bool, bool]:
+        """(bf16 autocast, compile, fused optimizers) in effect on `device`."""
+        cuda = device.type == "cuda"
+        bf16 = self.precision == "bf16" or (
+            self.precision == "auto" and cuda and torch.cuda.is_bf16_supported()
+        )
+        compiled = self.compile == "on" or (self.compile == "auto" and cuda)
+        fused = self.fused_optimizers == "on" or (self.fused_optimizers == "auto" and cuda)
+        return bf16, compiled, fused
+
+
+DEFAULT_COMPUTE = ComputeConfig()
+
+EAGER_FP32 = ComputeConfig(precision="fp32", compile="off", fused_optimizers="off")
+"""The reference path: what the learner computed before any of ComputeConfig existed."""
 
 
 def config_dict(obj) -> dict:

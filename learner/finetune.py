@@ -32,12 +32,14 @@ from learner.checkpoint import (
     model_config_from,
     save_checkpoint,
 )
+from learner.config import DEFAULT_COMPUTE, ComputeConfig
 from learner.learner import Learner, NonFiniteGuard
 from learner.pretrain import to_device
 from learner.tensorboard import NullWriter
 
 
-def learner_from_checkpoint(payload: dict, objective, optim, device) -> Learner:
+def learner_from_checkpoint(payload: dict, objective, optim, device,
+                            compute: ComputeConfig = DEFAULT_COMPUTE) -> Learner:
     """A Learner starting from a pretrained (or earlier fine-tuned) checkpoint.
 
     Same objective: the whole learner state (optimizers, warm-up schedule, temperature)
@@ -46,7 +48,7 @@ def learner_from_checkpoint(payload: dict, objective, optim, device) -> Learner:
     continues from the checkpoint's update count.
     """
     model_cfg = model_config_from(payload)
-    learner = Learner(model_cfg, objective, optim, device)
+    learner = Learner(model_cfg, objective, optim, device, compute)
     state = payload["learner"]
     if payload["objective"]["kind"] == objective.kind:
         learner.load_state_dict(state)

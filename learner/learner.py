@@ -25,7 +25,7 @@ import torch
 from pytorch_optimizer import Lamb
 
 from learner import distributed, losses
-from learner.config import ObjectiveConfig, OptimConfig
+from learner.config import DEFAULT_COMPUTE, ComputeConfig, ObjectiveConfig, OptimConfig
 from models import DecisionTransformer, ModelConfig, TwinQ
 
 
@@ -46,16 +46,6 @@ def shifted_window(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         "timesteps": batch["timesteps"] + 1,
         "mask": batch["mask"],
     }
-
-
-def _forward(model: DecisionTransformer, window: dict[str, torch.Tensor]):
-    return model(
-        window["observations"],
-        window["actions"],
-        window["returns_to_go"],
-        window["timesteps"],
-        window["mask"],
-    )
 
 
 class NonFiniteLoss(RuntimeError):
@@ -130,18 +120,23 @@ class Learner:
         objective: ObjectiveConfig,
         optim: OptimConfig,
         device: str | torch.device = "cpu",
+        compute: ComputeConfig = DEFAULT_COMPUTE,
     ):
-        problems = objective.validate() + optim.validate()
+        problems = objective.validate() + optim.validate() + compute.validate()
         if problems:
             raise ValueError("; ".join(problems))
         self.device = torch.device(device)
         self.objective = objective
         self.optim = optim
+        self.compute = compute
+        self.bf16, self.compiled, self.fused = compute.resolve(self.device)
+        fused = self.fused
         self.model_cfg = replace(model_cfg, policy=objective.policy)
         torch.manual_seed(optim.seed)
         self.model = DecisionTransformer(self.model_cfg).to(self.device)
         self.optimizer = Lamb(
-            self.model.parameters(), lr=optim.lr, weight_decay=optim.weight_decay, eps=1e-8
+            self.model.parameters(), lr=optim.lr, weight_decay=optim.weight_decay, eps=1e-8,
+            foreach=True if fused else None,
         )
         warmup = max(optim.warmup_steps, 1)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -152,7 +147,8 @@ class Learner:
             math.log(objective.init_temperature), device=self.device, requires_grad=True
         )
         self.temperature_optimizer = torch.optim.Adam(
-            [self.log_temperature], lr=objective.temperature_lr, betas=(0.9, 0.999)
+            [self.log_temperature], lr=objective.temperature_lr, betas=(0.9, 0.999),
+            fused=fused or None,
         )
         self.target_entropy = (
             objective.target_entropy
@@ -163,14 +159,34 @@ class Learner:
         if objective.kind == "odt_td3":
             self.critic = TwinQ(self.model_cfg.state_dim, self.model_cfg.act_dim, objective.critic)
             self.critic.to(self.device)
-            self.critic_optimizer = torch.optim.AdamW(self.critic.parameters(), lr=objective.critic_lr)
+            self.critic_optimizer = torch.optim.AdamW(
+                self.critic.parameters(), lr=objective.critic_lr, fused=fused or None
+            )
             self._reset_targets()
+        # The encoders the update calls: the modules' own, or compiled views of them that
+        # share their parameters (state_dict, checkpoints and EMA see the plain modules).
+        self._encode = self._maybe_compile(self.model.encode)
         self.step = 0  # batches consumed (one critic update each under odt_td3)
         self.skipped = 0  # updates skipped for a NaN or inf loss or gradient norm
+
+    def _maybe_compile(self, fn):
+        return torch.compile(fn) if self.compiled else fn
 
     def _reset_targets(self) -> None:
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
         self.model_target = copy.deepcopy(self.model).requires_grad_(False).eval()
+        self._encode_target = self._maybe_compile(self.model_target.encode)
+
+    def _policy(self, model: DecisionTransformer, encode, window: dict[str, torch.Tensor]):
+        """The action head's output at every position of `window`, in fp32.
+
+        Under bf16 the transformer runs in autocast; its hidden states are cast back to
+        fp32 before the head, so log-probabilities, entropies and losses stay fp32.
+        """
+        with torch.autocast(self.device.type, torch.bfloat16, enabled=self.bf16):
+            h = encode(window["observations"], window["actions"], window["returns_to_go"],
+                       window["timesteps"], window["mask"])
+        return model.action_head(h.float())
 
     def set_state_normalization(self, mean, std) -> None:
         self.model.set_state_normalization(mean, std)
@@ -234,7 +250,7 @@ class Learner:
         return grad_norm.detach()
 
     def _odt_update(self, batch):
-        dist = _forward(self.model, batch)
+        dist = self._policy(self.model, self._encode, batch)
         out = losses.odt_loss(
             dist,
             batch["actions"],
@@ -268,7 +284,12 @@ class Learner:
         if self.critic is None:
             raise ValueError(f"critic_update needs objective.kind='odt_td3', not "
                              f"{self.objective.kind!r}")
-        metrics = self._critic_step(batch)
+        try:
+            metrics = self._critic_step(batch)
+        except _NonFinite:
+            self.critic_optimizer.zero_grad(set_to_none=True)
+            self.skipped += 1
+            return {"loss/nonfinite": torch.ones(())}
         ema_update(self.critic_target, self.critic, self.objective.tau)
         return metrics
 
@@ -279,7 +300,9 @@ class Learner:
     def _critic_step(self, batch):
         obj = self.objective
         with torch.no_grad():
-            next_action = _forward(self.model_target, shifted_window(batch)).mode
+            next_action = self._policy(
+                self.model_target, self._encode_target, shifted_window(batch)
+            ).mode
             next_action = losses.target_policy_noise(next_action, obj.policy_noise, obj.noise_clip)
             next_q1, next_q2 = self.critic_target(batch["next_observations"], next_action)
             target = losses.td_target(
@@ -307,7 +330,7 @@ class Learner:
         return metrics
 
     def _actor_step(self, batch, rl: bool):
-        action = _forward(self.model, batch)
+        action = self._policy(self.model, self._encode, batch)
         supervised = losses.supervised_mse(action, batch["actions"], batch["mask"])
         loss = supervised
         metrics = {"loss/supervised": supervised.detach()}

@@ -77,7 +77,8 @@ def pretrain(cfg, dataset: OfflineDataset, logdir: str | Path, *, progress: bool
     torch.manual_seed(cfg.seed)
     steps = flatten_episodes(dataset.episodes, spec.action_box)
     sampler = OfflineSampler(steps, cfg.model.context_len, cfg.optim.batch_size, seed=cfg.seed)
-    learner = Learner(cfg.model, cfg.objective, replace(cfg.optim, seed=cfg.seed), device)
+    learner = Learner(cfg.model, cfg.objective, replace(cfg.optim, seed=cfg.seed), device,
+                      cfg.compute)
     learner.set_state_normalization(*state_statistics(dataset.episodes))
 
     writer = SummaryWriter(role_dir)

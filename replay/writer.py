@@ -2,11 +2,16 @@
 
 Actors and the offline preload both write through `EpisodeWriter`, so online and
 offline windows are built the same way (DESIGN.md, "Experience format"). Each
-episode is appended step by step to a Reverb `TrajectoryWriter` after K-1 all-zero
-padding steps (mask 0), and one item is created per real step from the last K
-steps of history. The items share the appended chunks, so a step is stored once
-however many windows contain it, and a sampled window equals
+episode is appended step by step to a Reverb `StructuredWriter` after K-1 all-zero
+padding steps (mask 0); the writer's one pattern, "the last K steps of every
+column, from step index K-1 of the episode on", makes one item per real step in
+C++. The items share the appended chunks, so a step is stored once however many
+windows contain it, and a sampled window equals
 `replay.windows.gather_windows(steps, [t], K)` exactly.
+
+The StructuredWriter rather than a TrajectoryWriter with one `create_item` per step:
+building each item's K-step column references in Python cost about as much again
+as the append itself (bench/actor.py measures the writes per step).
 """
 
 from __future__ import annotations
@@ -18,6 +23,8 @@ import numpy as np
 from replay._reverb import reverb
 from replay.tables import EXPERIENCE_TABLE, ClientOrAddress, ReplaySpec, as_client
 from replay.windows import WINDOW_COLUMNS, FlatSteps, window_shapes
+
+structured_writer = reverb.structured_writer
 
 # FlatSteps attribute -> window column. 'mask' is not in FlatSteps: 1 on real steps.
 _STEP_COLUMNS = (
@@ -33,7 +40,7 @@ _STEP_COLUMNS = (
 
 class EpisodeWriter:
     """Writes one finished episode as K-step windows, one item per real step, left-padded,
-    through a reverb TrajectoryWriter so overlapping windows share chunks.
+    through a reverb StructuredWriter so overlapping windows share chunks.
 
     The Reverb writer is created on the first `write`, in the calling process and
     thread. `write` blocks while the table's rate limiter holds the actors back: every
@@ -61,11 +68,14 @@ class EpisodeWriter:
         self._table = table
         self._max_pending_items = max_pending_items
         self._shapes = window_shapes(spec.context_len, spec.observation_shape, spec.action_shape)
+        # A step is appended as a flat list of columns in this order (no dict to flatten).
+        self._column_order = tuple(WINDOW_COLUMNS)
         # One padding step: every column zero (timestep 0, mask 0), per-step shapes.
-        self._padding = {
-            name: np.zeros(shape[1:], dtype) for name, (shape, dtype) in self._shapes.items()
-        }
-        self._writer: reverb.TrajectoryWriter | None = None
+        self._padding = [
+            np.zeros(self._shapes[name][0][1:], self._shapes[name][1])
+            for name in self._column_order
+        ]
+        self._writer: structured_writer.StructuredWriter | None = None
         self._closed = False
         self.items_written = 0
         """Items (windows) created by this writer so far."""
@@ -80,21 +90,14 @@ class EpisodeWriter:
             return 0
         writer = self._ensure_writer()
         K = self._spec.context_len
+        order = self._column_order
+        one = np.ones(length, np.float32)
+        flat = [one if name == "mask" else columns[name] for name in order]
         try:
             for _ in range(K - 1):
                 writer.append(self._padding)
-            history = None
-            one = np.float32(1.0)
             for t in range(length):
-                step = {name: column[t] for name, column in columns.items()}
-                step["mask"] = one
-                writer.append(step)
-                if history is None:
-                    # Live views of the columns' recent references; fetched once, since
-                    # building them walks the writer's whole structure.
-                    history = writer.history
-                window = {name: history[name][-K:] for name in WINDOW_COLUMNS}
-                writer.create_item(self._table, 1.0, window)
+                writer.append([column[t] for column in flat])
                 if (t + 1) % self._max_pending_items == 0:
                     # The back-pressure point: blocks while the rate limiter holds items.
                     # Flushing every item instead cuts chunks short and costs ~30% more.
@@ -127,17 +130,28 @@ class EpisodeWriter:
     def __exit__(self, *exc_info) -> None:
         self.close()
 
-    def _ensure_writer(self) -> reverb.TrajectoryWriter:
+    def _ensure_writer(self) -> structured_writer.StructuredWriter:
         if self._writer is None:
             client = as_client(self._client_or_address)
-            # Windows reach K steps back; older references may be dropped.
-            self._writer = client.trajectory_writer(num_keep_alive_refs=self._spec.context_len)
+            self._writer = client.structured_writer([self._config()])
         return self._writer
 
+    def _config(self):
+        """One item per step from the episode's K-th appended step on (the first real
+        step, after K-1 padding steps): the last K steps of every column."""
+        K = self._spec.context_len
+        order = self._column_order
+        pattern = structured_writer.pattern_from_transform(
+            [None] * len(order), lambda ref: {name: ref[i][-K:] for i, name in enumerate(order)}
+        )
+        return structured_writer.create_config(
+            pattern, self._table, conditions=[structured_writer.Condition.step_index() >= K - 1]
+        )
+
     def _discard_writer(self) -> None:
-        writer, self._writer = self._writer, None
-        if writer is not None:
-            writer.close()
+        # A StructuredWriter has no close(); dropping it ends its stream. Items of a
+        # partial episode that were not sent yet are lost with it.
+        self._writer = None
 
     def _step_columns(self, steps: FlatSteps) -> dict[str, np.ndarray]:
         """FlatSteps columns as the table's dtypes, after checking they are one episode."""

@@ -1,0 +1,107 @@
+"""The learner's fast compute paths against eager fp32, and the benchmarks' JSON output.
+
+The bench smoke tests run each benchmark for a fraction of a second (a real Reverb
+server in a child process, real envpool) and check the keys of what it prints.
+bench.e2e is not run here: it records a dataset, pretrains and fine-tunes with every
+role as a process, which takes minutes (`make bench` runs it).
+"""
+
+from __future__ import annotations
+
+# isort: off
+from replay import _reverb  # noqa: F401  (reverb/TF before torch)
+
+# isort: on
+import json
+
+import pytest
+import torch
+
+from bench import actor as bench_actor
+from bench import learner as bench_learner
+from bench import replay as bench_replay
+from bench.learner import PATHS, random_batch
+from learner.config import EAGER_FP32, ObjectiveConfig, OptimConfig
+from learner.learner import Learner
+from models import ModelConfig
+
+MODEL = ModelConfig(state_dim=5, act_dim=2, context_len=6, embed_dim=32, n_layer=2, n_head=2,
+                    ffn_dim=64, dropout=0.0)
+
+# (metric rtol, relative size of the parameter-update difference) per path.
+TOLERANCE = {"fused": (1e-5, 1e-4), "bf16": (0.1, 0.2), "compiled_bf16": (0.1, 0.2)}
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+@pytest.mark.parametrize("kind", ["odt", "odt_td3"])
+@pytest.mark.parametrize("path", ["fused", "bf16",
+                                  pytest.param("compiled_bf16", marks=[pytest.mark.gpu, cuda])])
+def test_fast_paths_match_the_eager_fp32_step(kind, path):
+    """Two updates on one fixed batch (under odt_td3 the second one updates the actor):
+    the same metrics and the same parameter updates as eager fp32, within tolerance."""
+    device = torch.device("cuda" if path.startswith("compiled") else "cpu")
+    optim = OptimConfig(batch_size=16, warmup_steps=0, lr=1e-3)
+    eager = Learner(MODEL, ObjectiveConfig(kind=kind), optim, device, EAGER_FP32)
+    fast = Learner(MODEL, ObjectiveConfig(kind=kind), optim, device, PATHS[path])
+    before = {k: v.detach().clone() for k, v in eager.model.named_parameters()}
+    for name, value in fast.model.named_parameters():
+        torch.testing.assert_close(value, before[name], rtol=0, atol=0)
+    batch = random_batch(eager.model_cfg, 16, device)
+    rtol, update_tol = TOLERANCE[path]
+    for step in range(2):
+        torch.manual_seed(step)
+        expected = eager.update(batch)
+        torch.manual_seed(step)
+        got = fast.update(batch)
+        assert got.keys() == expected.keys()
+        for key in expected:
+            torch.testing.assert_close(got[key], expected[key], rtol=rtol, atol=rtol * 1e-2,
+                                       msg=lambda m, key=key: f"{key}: {m}")
+    fast_params = dict(fast.model.named_parameters())
+    for name, value in eager.model.named_parameters():
+        eager_delta = value.detach() - before[name]
+        fast_delta = fast_params[name].detach() - before[name]
+        size = (fast_delta - eager_delta).norm() / eager_delta.norm().clamp_min(1e-12)
+        assert size <= update_tol, f"{name}: update differs by {size:.3g} of its size"
+
+
+def _rows(capsys) -> list[dict]:
+    return [json.loads(line) for line in capsys.readouterr().out.splitlines() if line]
+
+
+def test_bench_learner_prints_one_row_per_path(capsys):
+    bench_learner.main(["--configs=quickstart", "--objectives=odt_td3",
+                        "--paths=eager_fp32,auto", "--seconds=0.2", "--rounds=1"])
+    rows = _rows(capsys)
+    assert [r["path"] for r in rows] == ["eager_fp32", "auto"]
+    for row in rows:
+        assert {"updates_per_s", "speedup_vs_eager_fp32", "model_tflops_per_s", "mfu",
+                "peak_source", "rss_mib_start", "rss_mib_end", "peak_rss_mib"} <= row.keys()
+        assert row["updates"] >= 2 and row["mfu"] > 0
+    assert rows[0]["speedup_vs_eager_fp32"] == 1.0
+
+
+def test_bench_actor_reports_its_limits(capsys):
+    bench_actor.main(["--variants=lockstep_inline,async_background", "--batch_size=2",
+                      "--seconds=0.4", "--rounds=1", "--server=thread"])
+    rows = _rows(capsys)
+    assert [r["variant"] for r in rows] == ["lockstep_inline", "async_background"]
+    for row in rows:
+        assert row["env_steps"] > 0 and row["windows_written"] > 0
+        assert row["actor_steps_per_s"] > 0
+        limit = min(row["env_limit_steps_per_s"], row["inference_limit_steps_per_s"])
+        assert row["ratio_to_slower_limit"] == pytest.approx(row["actor_steps_per_s"] / limit,
+                                                             rel=0.01)
+        assert {"inference_us_per_step", "env_us_per_step", "write_us_per_step",
+                "rss_mib_start", "rss_mib_end"} <= row.keys()
+    assert rows[1]["num_envs"] == 4 and rows[1]["batch_size"] == 2
+
+
+def test_bench_replay_reports_wait_fraction(capsys):
+    bench_replay.main(["--configs=quickstart", "--seconds=0.3", "--episodes=1",
+                       "--server=thread"])
+    [row] = _rows(capsys)
+    assert row["delivered_windows_per_s"] > 0 and row["consumed_windows_per_s"] > 0
+    assert 0 <= row["sample_wait_fraction"] <= 1
+    assert row["stream_updates"] >= 1
