@@ -73,8 +73,10 @@ CUDA_PEAK_TFLOPS = {
 }
 
 
-def random_batch(cfg: ModelConfig, batch_size: int, device) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(0)
+def random_batch(cfg: ModelConfig, batch_size: int, device, seed: int = 0
+                 ) -> dict[str, torch.Tensor]:
+    """Random windows of `cfg`'s shapes, a quarter of them left-padded."""
+    g = torch.Generator().manual_seed(seed)
     B, K, S, A = batch_size, cfg.context_len, cfg.state_dim, cfg.act_dim
     mask = torch.ones(B, K)
     mask[: B // 4, : K // 2] = 0  # some left padding, as near episode starts

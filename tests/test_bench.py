@@ -31,7 +31,11 @@ MODEL = ModelConfig(state_dim=5, act_dim=2, context_len=6, embed_dim=32, n_layer
 # (metric rtol, relative size of the parameter-update difference) per path.
 TOLERANCE = {"fused": (1e-5, 1e-4), "bf16": (0.1, 0.2), "compiled_bf16": (0.1, 0.2)}
 
-cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+# compiled_bf16 is the CUDA default path; on CPU, bf16 has no vector units and
+# torch.compile takes about a minute per model, so it runs only where CUDA is (the
+# `gpu` marker keeps it out of `make test`; fused and bf16 are checked on CPU here).
+cuda = pytest.mark.skipif(not torch.cuda.is_available(),
+                          reason="compiled_bf16 is the CUDA path; no CUDA device here")
 
 
 @pytest.mark.parametrize("kind", ["odt", "odt_td3"])

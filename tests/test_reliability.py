@@ -37,6 +37,7 @@ import torch
 from test_finetune import ENV, REPO, tiny_config
 
 from actors.collect import collect
+from bench.learner import random_batch
 from launch.flags import apply_setting
 from launch.presets import RunConfig, get_preset
 from learner.checkpoint import load_checkpoint, save_checkpoint
@@ -47,24 +48,6 @@ from learner.pretrain import pretrain
 from learner.tensorboard import SummaryWriter, read_scalars
 from replay.datasets import load_dataset
 from replay.windows import flatten_episode
-
-
-def random_batch(cfg, batch_size=8, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    B, K = batch_size, cfg.context_len
-    mask = torch.ones(B, K)
-    mask[:2, :3] = 0
-    rewards = torch.rand(B, K, generator=g)
-    return {
-        "observations": torch.randn(B, K, cfg.state_dim, generator=g),
-        "next_observations": torch.randn(B, K, cfg.state_dim, generator=g),
-        "actions": torch.rand(B, K, cfg.act_dim, generator=g) * 2 - 1,
-        "rewards": rewards,
-        "returns_to_go": rewards.flip(1).cumsum(1).flip(1),
-        "timesteps": torch.arange(K).repeat(B, 1),
-        "terminated": torch.zeros(B, K),
-        "mask": mask,
-    }
 
 
 def tiny_learner(kind: str) -> Learner:
@@ -78,7 +61,7 @@ def tiny_learner(kind: str) -> Learner:
 @pytest.mark.parametrize("kind", ["odt", "odt_td3"])
 def test_nonfinite_updates_are_skipped_counted_logged_and_stop_the_run(tmp_path, kind):
     learner = tiny_learner(kind)
-    good = [{k: v.numpy() for k, v in random_batch(learner.model_cfg, seed=i).items()}
+    good = [{k: v.numpy() for k, v in random_batch(learner.model_cfg, 8, "cpu", seed=i).items()}
             for i in range(4)]
     bad = dict(good[0])
     bad["observations"] = np.full_like(bad["observations"], np.nan)
@@ -123,7 +106,7 @@ def test_resumed_learner_continues_exactly_like_the_original(tmp_path):
     """Weights, optimizers, targets, counters and the RNG all come back: the updates
     after a resume equal the updates the original learner made."""
     learner = tiny_learner("odt_td3")  # target policy noise draws from torch's RNG
-    batches = [random_batch(learner.model_cfg, seed=i) for i in range(6)]
+    batches = [random_batch(learner.model_cfg, 8, "cpu", seed=i) for i in range(6)]
     for batch in batches[:3]:
         learner.update(batch)
     save_learner(tmp_path / "c.pt", learner, env_steps=123)
