@@ -492,39 +492,55 @@ _FIXED_ON_RESUME = ("preset", "dataset", "seed", "device", "objective", "pretrai
                     "set", "checkpoint")
 
 
-def resume_run(logdir: str | None) -> tuple[object, Path, Path, str | None]:
-    """(config, checkpoint, run directory, dataset) of the fine-tuning run to continue.
+def saved_config(run_dir: Path):
+    """The run's saved config.json, with --env_steps if given, for --resume.
 
-    The config is the run's saved config.json (with --env_steps if given); the
-    checkpoint is the learner's latest, or the one the run started from when the
-    learner never wrote one. ValueError when there is nothing to resume.
+    ValueError when a flag tries to change the config (only --env_steps may) or
+    when there is no readable config.json.
     """
     from launch.flags import checked
     from launch.presets import RunConfig
 
     FLAGS = flags.FLAGS
-    if not logdir:
-        raise ValueError("--resume needs --logdir: the run directory to continue")
-    run_dir = Path(logdir)
     changed = [f"--{name}" for name in _FIXED_ON_RESUME if name in FLAGS and FLAGS[name].present]
     if changed:
         raise ValueError(f"--resume continues {run_dir} with its saved config; "
                          f"{', '.join(changed)} cannot change it (only --env_steps can)")
-    started = run_dir / "finetune.json"
-    if not (run_dir / "config.json").is_file() or not started.is_file():
-        raise ValueError(f"--logdir={run_dir}: not a fine-tuning run directory "
-                         "(no config.json and finetune.json); nothing to resume")
+    path = run_dir / "config.json"
+    if not path.is_file():
+        raise ValueError(f"--logdir={run_dir}: no config.json; nothing to resume")
     try:
-        cfg = RunConfig.from_dict(json.loads((run_dir / "config.json").read_text()))
-        origin = json.loads(started.read_text())
+        cfg = RunConfig.from_dict(json.loads(path.read_text()))
     except (ValueError, TypeError) as exc:  # json.JSONDecodeError is a ValueError
-        raise ValueError(f"{run_dir}: unreadable saved config ({exc})") from exc
+        raise ValueError(f"{path}: unreadable saved config ({exc})") from exc
     if FLAGS.env_steps is not None:
         cfg = replace(cfg, finetune=replace(cfg.finetune, env_steps=FLAGS.env_steps))
+    return checked(cfg)
+
+
+def resume_run(logdir: str | None) -> tuple[object, Path, Path, str | None]:
+    """(config, checkpoint, run directory, dataset) of the fine-tuning run to continue.
+
+    The config is `saved_config`; the checkpoint is the learner's latest, or the one
+    the run started from when the learner never wrote one. ValueError when there is
+    nothing to resume.
+    """
+    if not logdir:
+        raise ValueError("--resume needs --logdir: the run directory to continue")
+    run_dir = Path(logdir)
+    cfg = saved_config(run_dir)
+    started = run_dir / "finetune.json"
+    if not started.is_file():
+        raise ValueError(f"--logdir={run_dir}: not a fine-tuning run directory "
+                         "(no finetune.json); nothing to resume")
+    try:
+        origin = json.loads(started.read_text())
+    except ValueError as exc:
+        raise ValueError(f"{started}: unreadable ({exc})") from exc
     checkpoint = run_dir / "learner" / "checkpoint.pt"
     if not checkpoint.is_file():
         checkpoint = Path(origin["checkpoint"])
-    return checked(cfg), checkpoint, run_dir, origin.get("dataset")
+    return cfg, checkpoint, run_dir, origin.get("dataset")
 
 
 def main(argv) -> None:

@@ -7,10 +7,8 @@ TensorBoard logs under the run directory.
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
-from dataclasses import replace
 from pathlib import Path
 
 from absl import flags
@@ -29,28 +27,14 @@ def _resume_stages(run_dir: Path):
     The dataset is reused once recorded, pretraining once it wrote its final
     checkpoint; a started fine-tuning run continues from its own checkpoints.
     """
-    from launch.flags import checked
+    from launch.local import saved_config
     from launch.pipeline import obtain_dataset
-    from launch.presets import RunConfig
     from learner.checkpoint import load_checkpoint
     from learner.pretrain import PretrainResult
     from learner.tensorboard import read_scalars
     from replay.datasets import load_dataset
 
-    FLAGS = flags.FLAGS
-    changed = [f"--{n}" for n in ("preset", "dataset", "seed", "device", "objective",
-                                  "pretrain_updates", "eval_episodes", "collect_episodes",
-                                  "num_actors", "envs_per_actor", "set")
-               if FLAGS[n].present]
-    if changed:
-        raise ValueError(f"--resume continues {run_dir} with its saved config; "
-                         f"{', '.join(changed)} cannot change it (only --env_steps can)")
-    if not (run_dir / "config.json").is_file():
-        raise ValueError(f"--logdir={run_dir}: no config.json; nothing to resume")
-    cfg = RunConfig.from_dict(json.loads((run_dir / "config.json").read_text()))
-    if FLAGS.env_steps is not None:
-        cfg = replace(cfg, finetune=replace(cfg.finetune, env_steps=FLAGS.env_steps))
-    cfg = checked(cfg)
+    cfg = saved_config(run_dir)
     recorded = run_dir / "dataset"
     if cfg.data.path is None and recorded.is_dir() and any(recorded.iterdir()):
         dataset = load_dataset(recorded)
