@@ -2,7 +2,8 @@
 
 `reverb.TrajectoryDataset` samples in C++ worker threads and batches in tf.data, so
 the learner's Python loop only receives finished numpy batches. Each batch is a
-dict of WINDOW_COLUMNS arrays with leading shape (batch_size, K).
+dict of WINDOW_COLUMNS arrays with leading shape (batch_size, K), unpacked from the
+table's stored columns (`replay.windows.StoredSteps`).
 """
 
 from __future__ import annotations
@@ -12,8 +13,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from replay._reverb import reverb, tf
-from replay.tables import EXPERIENCE_TABLE, ReplaySpec
-from replay.windows import window_shapes
+from replay.tables import EXPERIENCE_TABLE, ReplaySpec, stored_steps
 
 
 def window_batches(
@@ -42,7 +42,8 @@ def window_batches(
         raise ValueError(f"{batch_size=} must be >= 1")
     if max_in_flight_samples_per_worker is None:
         max_in_flight_samples_per_worker = 2 * batch_size
-    shapes = window_shapes(spec.context_len, spec.observation_shape, spec.action_shape)
+    stored = stored_steps(spec)
+    shapes = stored.shapes(spec.context_len)
     dataset = reverb.TrajectoryDataset(
         server_address=address,
         table=table,
@@ -54,4 +55,4 @@ def window_batches(
     )
     dataset = dataset.batch(batch_size, drop_remainder=True).prefetch(prefetch)
     for sample in dataset.as_numpy_iterator():
-        yield sample.data
+        yield stored.unpack(sample.data)

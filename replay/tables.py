@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from replay._reverb import reverb, tf
-from replay.windows import window_shapes
+from replay.windows import StoredSteps
 
 EXPERIENCE_TABLE = "experience"
 PARAMS_TABLE = "params"
@@ -112,9 +112,15 @@ class ReplaySpec:
             raise ValueError("invalid ReplaySpec: " + "; ".join(problems))
 
 
+def stored_steps(spec: ReplaySpec) -> StoredSteps:
+    """How the experience table stores a step of `spec`'s windows."""
+    return StoredSteps(spec.observation_shape, spec.action_shape)
+
+
 def experience_signature(spec: ReplaySpec) -> dict[str, tf.TensorSpec]:
-    """Column name -> TensorSpec of one window, as the writer and sampler see it."""
-    shapes = window_shapes(spec.context_len, spec.observation_shape, spec.action_shape)
+    """Stored column -> TensorSpec of one window (`StoredSteps`), as writers and
+    samplers see it."""
+    shapes = stored_steps(spec).shapes(spec.context_len)
     return {
         name: tf.TensorSpec(shape, tf.as_dtype(dtype), name=name)
         for name, (shape, dtype) in shapes.items()

@@ -40,6 +40,61 @@ def window_shapes(context_len: int, obs_shape: Sequence[int], act_shape: Sequenc
     }
 
 
+class StoredSteps:
+    """How a step is stored in Reverb: every float32 column flattened into one vector
+    ('floats', in WINDOW_COLUMNS order) and the int32 'timesteps' on their own.
+
+    Two columns instead of eight because a Reverb append and the item it creates cost
+    per column: packing made an episode write about 1.5 to 2 times cheaper (bench/actor.py).
+    The learner never sees the packing: `unpack` gives back the WINDOW_COLUMNS dict.
+    """
+
+    FLOATS = "floats"
+    TIMESTEPS = "timesteps"
+
+    def __init__(self, obs_shape: Sequence[int], act_shape: Sequence[int]):
+        self._shapes = {
+            name: shape[1:] for name, (shape, _) in window_shapes(1, obs_shape, act_shape).items()
+        }
+        self._slices: dict[str, slice] = {}
+        start = 0
+        for name, (_, dtype) in WINDOW_COLUMNS.items():
+            if dtype is np.float32:
+                size = int(np.prod(self._shapes[name], dtype=np.int64))
+                self._slices[name] = slice(start, start + size)
+                start += size
+        self.width = start
+        """Length of the packed float vector of one step."""
+
+    def shapes(self, context_len: int) -> dict[str, tuple[tuple[int, ...], type]]:
+        """Stored column -> (shape, dtype) of one window: the table's signature."""
+        return {
+            self.FLOATS: ((context_len, self.width), np.float32),
+            self.TIMESTEPS: ((context_len,), np.int32),
+        }
+
+    def pack(self, columns: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """WINDOW_COLUMNS arrays with a leading length L -> floats (L, width), timesteps (L,)."""
+        length = len(columns["timesteps"])
+        floats = np.empty((length, self.width), np.float32)
+        for name, where in self._slices.items():
+            floats[:, where] = np.reshape(columns[name], (length, -1))
+        return floats, np.asarray(columns["timesteps"], np.int32)
+
+    def unpack(self, stored: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Stored columns with any leading shape (..., K) -> the WINDOW_COLUMNS dict,
+        float columns as views into `floats`."""
+        floats = stored[self.FLOATS]
+        lead = floats.shape[:-1]
+        out = {}
+        for name in WINDOW_COLUMNS:
+            if name == "timesteps":
+                out[name] = stored[self.TIMESTEPS]
+            else:
+                out[name] = floats[..., self._slices[name]].reshape(*lead, *self._shapes[name])
+        return out
+
+
 @dataclass(frozen=True)
 class ActionBox:
     """Affine map between an environment's action box [low, high] and [-1, 1]."""

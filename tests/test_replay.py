@@ -34,6 +34,7 @@ from replay.tables import (
     ReplayUnavailable,
     make_tables,
     start_server,
+    stored_steps,
     table_counts,
     wait_for_server,
 )
@@ -135,14 +136,17 @@ def reference_window(episode: int, length: int, terminated: bool, end: int, K: i
     return {name: np.asarray(window[name], shapes[name][1]) for name in WINDOW_COLUMNS}
 
 
-def sample_all(address: str, expected_items: int, table: str = EXPERIENCE_TABLE) -> dict:
-    """Item key -> window dict, sampling uniformly until `expected_items` keys were seen."""
+def sample_all(address: str, spec: ReplaySpec, expected_items: int,
+               table: str = EXPERIENCE_TABLE) -> dict:
+    """Item key -> window dict (unpacked from the stored columns), sampling uniformly
+    until `expected_items` keys were seen."""
+    stored = stored_steps(spec)
     client = reverb.Client(address)
     seen: dict[int, dict[str, np.ndarray]] = {}
     for _ in range(50):
         for sample in client.sample(table, num_samples=100, emit_timesteps=False,
                                     unpack_as_table_signature=True):
-            seen[sample.info.key] = sample.data
+            seen[sample.info.key] = stored.unpack(sample.data)
         if len(seen) >= expected_items:
             break
     assert len(seen) == expected_items
@@ -208,7 +212,7 @@ def test_fifo_eviction_keeps_the_newest_items():
         with EpisodeWriter(reverb.Client(address), spec) as writer:
             assert run_bounded(writer.write, tagged_episode(0, 15, terminated=False)) == 15
         assert table_counts(address) == {"size": 10, "inserts": 15, "samples": 0}
-        windows = sample_all(address, 10).values()
+        windows = sample_all(address, spec, 10).values()
         assert sorted(int(w["timesteps"][-1]) for w in windows) == list(range(5, 15))
 
 
@@ -234,9 +238,9 @@ class TestWindows:
             yield address, spec, episodes
 
     def test_windows_equal_the_slow_reference_and_gather_windows(self, written):
-        address, _, episodes = written
+        address, spec, episodes = written
         total = sum(len(s) for s in episodes.values())
-        windows = sample_all(address, total)
+        windows = sample_all(address, spec, total)
         found = set()
         for window in windows.values():
             assert window["mask"][-1] == 1.0  # every item ends at a real step

@@ -15,6 +15,7 @@ from replay.offline import (
 from replay.windows import (
     WINDOW_COLUMNS,
     ActionBox,
+    StoredSteps,
     concatenate,
     flatten_episode,
     gather_windows,
@@ -75,6 +76,36 @@ def reference_window(episode: Episode, t: int, context_len: int) -> dict[str, np
         out["next_observations"][i] = episode.observations[step + 1]
         out["terminated"][i] = float(episode.terminated and step == episode.length - 1)
     return out
+
+
+# ---- stored steps ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("obs_shape, act_shape", [((OBS,), (ACT,)), ((3, 2), ()), ((1,), (4,))])
+def test_stored_steps_pack_then_unpack_gives_every_column_back(obs_shape, act_shape):
+    """Windows packed into the two stored columns unpack to the same values, shapes and
+    dtypes, with any leading (batch) shape."""
+    stored = StoredSteps(obs_shape, act_shape)
+    shapes = window_shapes(K, obs_shape, act_shape)
+    rng = np.random.default_rng(0)
+    windows = {
+        name: (rng.normal(size=(6, *shape)).astype(dtype) if dtype is np.float32
+               else rng.integers(0, 1000, size=(6, *shape)).astype(dtype))
+        for name, (shape, dtype) in shapes.items()
+    }
+    flat = {name: value.reshape(6 * K, *value.shape[2:]) for name, value in windows.items()}
+    floats, timesteps = stored.pack(flat)
+    assert floats.shape == (6 * K, stored.width) and floats.dtype == np.float32
+    assert timesteps.shape == (6 * K,) and timesteps.dtype == np.int32
+    assert stored.width == 2 * int(np.prod(obs_shape)) + int(np.prod(act_shape)) + 4
+    unpacked = stored.unpack({StoredSteps.FLOATS: floats.reshape(6, K, -1),
+                              StoredSteps.TIMESTEPS: timesteps.reshape(6, K)})
+    assert set(unpacked) == set(WINDOW_COLUMNS)
+    for name, (shape, dtype) in shapes.items():
+        assert unpacked[name].shape == (6, *shape), name
+        assert unpacked[name].dtype == dtype, name
+        np.testing.assert_array_equal(unpacked[name], windows[name], err_msg=name)
+    assert set(stored.shapes(K)) == {StoredSteps.FLOATS, StoredSteps.TIMESTEPS}
 
 
 # ---- gather_windows --------------------------------------------------------------------
