@@ -18,7 +18,12 @@ Every variant acts for --batch_size envs per forward pass, the limits' batch.
 
     python -m bench.actor [--env_id=InvertedPendulum-v4] [--batch_size=8]
         [--variants=lockstep_inline,lockstep_background,async_background]
-        [--seconds=3] [--rounds=2]
+        [--seconds=3] [--rounds=2] [--checkpoint=runs/<run>/pretrain/checkpoint.pt]
+
+Without --checkpoint the policy is freshly initialised, so episodes are as short as
+the task allows (InvertedPendulum: ~5 steps) and per-episode costs (K-1 padding
+steps per written episode) weigh more than in a run; a pretrained checkpoint acts as
+a run's actors do at the start of fine-tuning.
 """
 
 from __future__ import annotations
@@ -131,6 +136,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seconds", type=float, default=3.0,
                         help="timed seconds per variant, and per limit")
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--checkpoint", default=None,
+                        help="act with this checkpoint's policy (objective's head) instead "
+                             "of a freshly initialised one")
     parser.add_argument("--server", choices=("process", "thread"), default="process",
                         help="where the Reverb server runs: a child process (as in a run) "
                              "or a thread of this one (quicker to start, shares this CPU)")
@@ -143,8 +151,17 @@ def main(argv: list[str] | None = None) -> None:
     cfg = get_preset(args.preset)
     env_id = args.env_id or cfg.env.env_id
     spec = env_spec(env_id)
-    model = DecisionTransformer(replace(cfg.model, state_dim=spec.state_dim,
-                                        act_dim=spec.act_dim, policy=cfg.objective.policy))
+    if args.checkpoint:
+        from launch.roles import policy_from_checkpoint
+
+        model = policy_from_checkpoint(cfg, args.checkpoint)
+        if (model.cfg.state_dim, model.cfg.act_dim) != (spec.state_dim, spec.act_dim):
+            raise SystemExit(f"error: --checkpoint={args.checkpoint} acts on "
+                             f"{model.cfg.state_dim} states / {model.cfg.act_dim} actions; "
+                             f"{env_id} has {spec.state_dim} / {spec.act_dim}")
+    else:
+        model = DecisionTransformer(replace(cfg.model, state_dim=spec.state_dim,
+                                            act_dim=spec.act_dim, policy=cfg.objective.policy))
     mode = "sample" if cfg.objective.kind == "odt" else "noisy"
     policy = BatchedPolicy(model.eval(), mode=mode, noise_std=cfg.actor.exploration_noise)
     replay_spec = unlimited_spec(spec.observation_shape, spec.action_shape,
@@ -240,6 +257,7 @@ def main(argv: list[str] | None = None) -> None:
             "peak_rss_mib": round(peak_rss_mib(), 1),
             "replay_inserts": counts["inserts"],
             "server": args.server,
+            "policy": args.checkpoint or "untrained",
         }), flush=True)
 
 
