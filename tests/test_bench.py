@@ -19,6 +19,7 @@ import torch
 
 from bench import actor as bench_actor
 from bench import learner as bench_learner
+from bench import memory as bench_memory
 from bench import replay as bench_replay
 from bench.learner import PATHS, random_batch
 from learner.config import EAGER_FP32, ObjectiveConfig, OptimConfig
@@ -109,3 +110,17 @@ def test_bench_replay_reports_wait_fraction(capsys):
     assert row["delivered_windows_per_s"] > 0 and row["consumed_windows_per_s"] > 0
     assert 0 <= row["sample_wait_fraction"] <= 1
     assert row["stream_updates"] >= 1
+
+
+def test_bench_memory_growth_is_the_slope_after_the_warm_up():
+    """A role growing 2 MiB per minute after a warm-up jump reads as 2 MiB/min; a flat
+    one as 0; the peak and the first post-warm-up sample are reported as they are."""
+    growing = [(t, 300.0 + (200.0 if t >= 60 else 0.0) + 2.0 * t / 60.0)
+               for t in range(0, 600, 10)]
+    flat = [(t, 500.0) for t in range(0, 600, 10)]
+    out = bench_memory.summarize({"learner": growing, "replay": flat}, warmup_s=60.0)
+    assert out["learner"]["growth_mib_per_min"] == pytest.approx(2.0, abs=1e-6)
+    assert out["learner"]["rss_mib_after_warmup"] == pytest.approx(502.0)
+    assert out["learner"]["peak_rss_mib"] == pytest.approx(300.0 + 200.0 + 2.0 * 590 / 60, abs=0.1)
+    assert out["replay"]["growth_mib_per_min"] == pytest.approx(0.0, abs=1e-9)
+    assert out["replay"]["samples"] == 60
