@@ -45,7 +45,8 @@ class StoredSteps:
     ('floats', in WINDOW_COLUMNS order) and the int32 'timesteps' on their own.
 
     Two columns instead of eight because a Reverb append and the item it creates cost
-    per column: packing made an episode write about 1.5 to 2 times cheaper (bench/actor.py).
+    per column; with the writer's longer flush interval this made writing 2.6x cheaper
+    per step (DESIGN.md, "Performance").
     The learner never sees the packing: `unpack` gives back the WINDOW_COLUMNS dict.
     """
 

@@ -101,8 +101,8 @@ class EpisodeWriter:
                 writer.append([floats[t], timesteps[t]])
                 if (t + 1) % self._max_pending_items == 0:
                     # The back-pressure point: blocks while the rate limiter holds items.
-                    # Each flush waits for the server; flushing every 24 items rather
-                    # than every 8 made a write ~1.5x cheaper (bench/actor.py).
+                    # Each flush waits for the server: every 24 items rather than 8, so
+                    # fewer round trips (DESIGN.md, "Performance").
                     writer.flush(block_until_num_items=self._max_pending_items)
             writer.end_episode()
         except BaseException:
