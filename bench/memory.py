@@ -5,9 +5,10 @@ processes) with an env-step budget it will not reach, samples the resident set s
 of each role (replay, learner, actors, evaluator; pids from the run's
 processes.json, so a restarted role is followed) every --sample_s seconds for
 --minutes of fine-tuning, then stops the run with SIGINT as a user would. Prints one
-JSON object: per role the RSS at the first sample after --warmup_s, at the end and
-at its peak, and the growth rate (least-squares slope, MiB per minute) after the
-warm-up, plus how far the learner got (updates, env steps).
+JSON object: the launcher's exit status and seconds from SIGINT to its exit; per
+role the RSS at the first sample after --warmup_s, at the end and at its peak, and
+the growth rate (least-squares slope, MiB per minute) after the warm-up; and how
+far the learner got (updates, env steps).
 
     python -m bench.memory [--minutes=10] [--sample_s=10] [--warmup_s=60]
         [--preset=quickstart] [--set=objective.kind=odt ...]
@@ -40,6 +41,10 @@ def rss_mib(pid: int) -> float | None:
     except (FileNotFoundError, ProcessLookupError):
         return None
     return None
+
+
+def tail(path: Path, lines: int = 30) -> str:
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
 
 
 def read_pids(run_dir: Path) -> dict[str, int]:
@@ -96,34 +101,41 @@ def main(argv: list[str] | None = None) -> None:
         command = [sys.executable, "-m", "launch.main", f"--preset={args.preset}",
                    f"--logdir={run_dir}", "--set=finetune.env_steps=1000000000",
                    *(f"--set={item}" for item in args.set)]
-        launcher = subprocess.Popen(command, start_new_session=True,
-                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        # The run's output goes to a file: a pipe nobody reads while the run goes on
+        # fills up and blocks every process of the run that writes to it.
+        log_path = Path(tmp) / "launcher.log"
+        log = open(log_path, "w")
+        launcher = subprocess.Popen(command, start_new_session=True, stdout=log, stderr=log)
         samples: dict[str, list[tuple[float, float]]] = {}
         try:
             while not read_pids(run_dir):
                 if launcher.poll() is not None:
                     raise SystemExit(f"error: the run ended before fine-tuning started "
-                                     f"(exit {launcher.returncode}):\n{launcher.stderr.read()}")
+                                     f"(exit {launcher.returncode}):\n{tail(log_path)}")
                 time.sleep(1.0)
             start = time.monotonic()
             while (elapsed := time.monotonic() - start) < 60.0 * args.minutes:
                 if launcher.poll() is not None:
                     raise SystemExit(f"error: the run ended after {elapsed:.0f} s of "
                                      f"fine-tuning (exit {launcher.returncode}):\n"
-                                     f"{launcher.stderr.read()}")
+                                     f"{tail(log_path)}")
                 for role, pid in read_pids(run_dir).items():
                     rss = rss_mib(pid)
                     if rss is not None:
                         samples.setdefault(role, []).append((elapsed, rss))
                 time.sleep(args.sample_s)
         finally:
+            stop_s = None
             if launcher.poll() is None:
                 os.kill(launcher.pid, signal.SIGINT)
+                signalled = time.monotonic()
                 try:
                     launcher.wait(60)
+                    stop_s = round(time.monotonic() - signalled, 1)
                 except subprocess.TimeoutExpired:
                     os.killpg(launcher.pid, signal.SIGKILL)
                     launcher.wait()
+            log.close()
         from learner.tensorboard import read_scalars
 
         env_steps = read_scalars(run_dir / "learner").get("replay/env_steps", [(0, 0.0)])
@@ -134,6 +146,7 @@ def main(argv: list[str] | None = None) -> None:
             "minutes": args.minutes,
             "warmup_s": args.warmup_s,
             "launcher_exit": launcher.returncode,
+            "stop_s": stop_s,
             "roles": summarize(samples, args.warmup_s),
             "updates": env_steps[-1][0],
             "env_steps": int(env_steps[-1][1]),
