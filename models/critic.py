@@ -22,7 +22,8 @@ class CriticConfig:
     num_hidden: int = 2
     """Number of hidden layers (vitamin paper: 2)."""
     layer_norm: bool = False
-    """Parameter-free LayerNorm after each hidden layer (vitamin paper: off for MuJoCo)."""
+    """Parameter-free LayerNorm after each hidden layer (the vitamin code's default; its
+    MuJoCo runs turn it off, quickstart keeps it on: DESIGN.md, "ODT+TD3's critic")."""
 
     def to_dict(self) -> dict:
         return asdict(self)
