@@ -46,6 +46,7 @@ import torch
 from actors.actor import Actor, BackgroundSink
 from actors.context import BatchedPolicy, ContextBuffer
 from actors.envs import VectorEnv, env_spec
+from bench import named
 from bench.learner import peak_rss_mib, rss_mib
 from launch.presets import get_preset
 from models import DecisionTransformer
@@ -143,10 +144,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="where the Reverb server runs: a child process (as in a run) "
                              "or a thread of this one (quicker to start, shares this CPU)")
     args = parser.parse_args(argv)
-    for name in args.variants.split(","):
-        if name not in VARIANTS:
-            raise SystemExit(f"error: --variants names unknown {name!r}; "
-                             f"choose from {', '.join(VARIANTS)}")
+    names = named("variants", args.variants, VARIANTS)
     torch.set_num_threads(1)  # as launch.roles.actor_role
     cfg = get_preset(args.preset)
     env_id = args.env_id or cfg.env.env_id
@@ -175,7 +173,6 @@ def main(argv: list[str] | None = None) -> None:
     else:
         in_process = start_server(replay_spec)
         address = f"localhost:{in_process.port}"
-    names = args.variants.split(",")
     chunk = args.seconds / args.rounds
     results = {name: {"actor": [0, 0.0], "env": [0, 0.0], "inference": [0, 0.0]}
                for name in names}

@@ -39,7 +39,14 @@ import time
 
 import torch
 
-from learner.config import EAGER_FP32, ComputeConfig, ObjectiveConfig, OptimConfig
+from bench import named
+from learner.config import (
+    EAGER_FP32,
+    OBJECTIVES,
+    ComputeConfig,
+    ObjectiveConfig,
+    OptimConfig,
+)
 from learner.learner import Learner
 from models import ModelConfig
 
@@ -98,9 +105,9 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def rss_mib() -> float:
-    """This process's resident memory now, MiB (Linux /proc)."""
-    with open("/proc/self/statm") as f:
+def rss_mib(pid: int | str = "self") -> float:
+    """Resident memory of process `pid` (default: this one) now, MiB (Linux /proc)."""
+    with open(f"/proc/{pid}/statm") as f:
         pages = int(f.read().split()[1])
     return pages * resource.getpagesize() / 2**20
 
@@ -274,15 +281,12 @@ def main(argv: list[str] | None = None) -> None:
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu")
                           if args.device == "auto" else args.device)
     args.paths = args.paths or default_paths(device)
-    for field, choices in (("configs", CONFIGS), ("paths", PATHS)):
-        for value in getattr(args, field).split(","):
-            if value not in choices:
-                raise SystemExit(f"error: --{field} names unknown {value!r}; "
-                                 f"choose from {', '.join(choices)}")
-    for name in args.configs.split(","):
-        for kind in args.objectives.split(","):
-            for row in measure(name, kind, args.paths.split(","), args.seconds, args.rounds,
-                               device):
+    configs = named("configs", args.configs, CONFIGS)
+    paths = named("paths", args.paths, PATHS)
+    objectives = named("objectives", args.objectives, OBJECTIVES)
+    for name in configs:
+        for kind in objectives:
+            for row in measure(name, kind, paths, args.seconds, args.rounds, device):
                 row["machine"] = platform.machine()
                 print(json.dumps(row), flush=True)
 

@@ -30,17 +30,15 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.learner import rss_mib
 
-def rss_mib(pid: int) -> float | None:
-    """Resident set size of `pid` in MiB, or None once it is gone."""
+
+def rss_or_none(pid: int) -> float | None:
+    """Resident memory of `pid` in MiB, or None once it is gone."""
     try:
-        with open(f"/proc/{pid}/status") as status:
-            for line in status:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024.0
+        return rss_mib(pid)
     except (FileNotFoundError, ProcessLookupError):
         return None
-    return None
 
 
 def tail(path: Path, lines: int = 30) -> str:
@@ -120,7 +118,7 @@ def main(argv: list[str] | None = None) -> None:
                                      f"fine-tuning (exit {launcher.returncode}):\n"
                                      f"{tail(log_path)}")
                 for role, pid in read_pids(run_dir).items():
-                    rss = rss_mib(pid)
+                    rss = rss_or_none(pid)
                     if rss is not None:
                         samples.setdefault(role, []).append((elapsed, rss))
                 time.sleep(args.sample_s)

@@ -33,6 +33,7 @@ import time
 import numpy as np
 import torch
 
+from bench import named
 from bench.learner import CONFIGS, peak_rss_mib, random_batch, rss_mib
 from learner.config import ObjectiveConfig, OptimConfig
 from learner.finetune import finetune_loop
@@ -61,11 +62,6 @@ def filled_server(spec: ReplaySpec, episodes: int, seed: int):
                 rng.uniform(-1, 1, (T, *spec.action_shape)).astype(np.float32),
                 rng.uniform(0, 1, T).astype(np.float32), terminated=False))
     return server
-
-
-def _proc_rss_mib(pid: int) -> float:
-    with open(f"/proc/{pid}/statm") as f:
-        return int(f.read().split()[1]) * 4096 / 2**20
 
 
 def measure(name: str, kind: str, seconds: float, episodes: int,
@@ -115,7 +111,7 @@ def measure(name: str, kind: str, seconds: float, episodes: int,
             publish_every=10**9, log_every=10**9, checkpoint_every=10**9,
             checkpoint=lambda: None)
         stream.close()
-        server_rss = _proc_rss_mib(pid)
+        server_rss = rss_mib(pid)
     finally:
         if server_process:
             stop.set()
@@ -154,10 +150,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="where the Reverb server runs; 'thread' (this process) takes "
                              "Reverb's in-process sampling path, unlike a real run")
     args = parser.parse_args(argv)
-    for name in args.configs.split(","):
-        if name not in CONFIGS:
-            raise SystemExit(f"error: --configs names unknown {name!r}; "
-                             f"choose from {', '.join(CONFIGS)}")
+    for name in named("configs", args.configs, CONFIGS):
         row = measure(name, args.objective, args.seconds, args.episodes,
                       server_process=args.server == "process")
         row["server"] = args.server
