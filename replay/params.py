@@ -213,11 +213,15 @@ class ParamsPuller:
         self._thread = threading.Thread(target=self._run, name="params-puller", daemon=True)
         self._thread.start()
 
-    def stop(self, timeout_s: float = 2.0) -> None:
-        """Ask the thread to finish and wait up to timeout_s for it (it is a daemon)."""
+    def stop(self, timeout_s: float = 2.0) -> bool:
+        """Ask the thread to finish and wait up to timeout_s for it (it is a daemon).
+
+        True when the thread has ended (or never started)."""
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout_s)
+        if self._thread is None:
+            return True
+        self._thread.join(timeout_s)
+        return not self._thread.is_alive()
 
     def poll(self) -> tuple[int, dict[str, np.ndarray]] | None:
         """The newest payload if its step is greater than the last one returned, else None."""

@@ -185,17 +185,13 @@ def test_every_role_runs_in_its_own_process_over_grpc(pretrained, tmp_path):
 def test_a_role_without_a_replay_server_fails_naming_the_address(pretrained, tmp_path):
     _, checkpoint = pretrained
     address = f"127.0.0.1:{free_port()}"  # nothing listens there
-    start = time.monotonic()
     proc = subprocess.run(
         [sys.executable, "-m", "launch.node", "--role=actor", f"--replay_address={address}",
          f"--checkpoint={checkpoint}", f"--logdir={tmp_path / 'run'}", "--replay_wait_s=2"],
         cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
-    elapsed = time.monotonic() - start
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert f"error: replay server at {address} did not answer within 2 s" in proc.stderr
     assert "not answering" in proc.stderr  # the retries are logged
-    # 2 s of waiting; the rest is importing torch, TensorFlow and envpool.
-    assert elapsed < 2 + 60
 
 
 def test_node_refuses_bad_flags(pretrained, tmp_path):
@@ -249,28 +245,37 @@ STUCK_ROLE = """
 import sys, threading, time
 from launch.node import StopOnSignal
 stop = threading.Event()
-StopOnSignal(stop, grace_s=1.0, log=lambda message: print(message, flush=True)).install()
+StopOnSignal(stop, grace_s=float(sys.argv[1]), log=lambda message: print(message, flush=True)).install()
 print("ready", flush=True)
-time.sleep(120)  # a role stuck where it never looks at `stop` (as in a blocked insert)
+time.sleep(600)  # a role stuck where it never looks at `stop` (as in a blocked insert)
 """
 
 
-@pytest.mark.parametrize("signals, code", [
-    ([signal.SIGTERM], 3),  # not finished 1 s after the signal: forced, EXIT_FORCED
-    ([signal.SIGTERM, signal.SIGINT], 128 + signal.SIGINT),  # a second signal: at once
+@pytest.mark.parametrize("grace_s, signals, code", [
+    # Not finished 1 s after the signal: forced, EXIT_FORCED.
+    (1.0, [signal.SIGTERM], 3),
+    # A second signal exits at once: with 300 s of grace, nothing else ends it first.
+    (300.0, [signal.SIGTERM, signal.SIGINT], 128 + signal.SIGINT),
 ])
-def test_a_signal_is_seen_even_while_the_main_thread_is_stuck(signals, code):
-    proc = subprocess.Popen([sys.executable, "-c", STUCK_ROLE], cwd=REPO,
+def test_a_signal_is_seen_even_while_the_main_thread_is_stuck(grace_s, signals, code):
+    proc = subprocess.Popen([sys.executable, "-c", STUCK_ROLE, str(grace_s)], cwd=REPO,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         assert proc.stdout.readline().strip() == "ready"
-        start = time.monotonic()
-        for signum in signals:
+        lines = []
+        for signum, following in zip(signals, signals[1:] + [None]):
             proc.send_signal(signum)
-            time.sleep(0.2)
-        assert proc.wait(10) == code
-        assert time.monotonic() - start < 5
-        output = proc.stdout.read()
+            if following is None:
+                break
+            # The role has taken this signal before the next is sent: two pending
+            # signals would be delivered lowest number first.
+            name = signal.Signals(signum).name
+            while not any(name in line for line in lines):
+                line = proc.stdout.readline()
+                assert line, f"the role exited before reporting {name}: {lines}"
+                lines.append(line)
+        assert proc.wait(120) == code
+        output = "".join(lines) + proc.stdout.read()
         assert "SIGTERM: stopping" in output
         if code == 3:
             assert "still running 1 s after SIGTERM" in output

