@@ -4,8 +4,10 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 RUN_ARGS ?=
+LOGDIR ?= runs
+PORT ?= 6006
 
-.PHONY: setup run test test-all lint bench clean
+.PHONY: setup run test lint bench tensorboard clean
 
 setup: $(STAMP)
 
@@ -21,6 +23,10 @@ $(STAMP): setup.cfg pyproject.toml
 
 run: $(STAMP)
 	$(PY) -m launch.main --preset=quickstart $(RUN_ARGS)
+
+# TensorBoard on every run under runs/ (or LOGDIR=runs/<run>), at http://localhost:$(PORT)/
+tensorboard: $(STAMP)
+	$(VENV)/bin/tensorboard --logdir $(LOGDIR) --port $(PORT)
 
 test: $(STAMP)
 	$(PY) -m pytest -m "not gpu" tests

@@ -75,25 +75,66 @@ def run_main(main) -> None:
                   file=sys.stderr)
             sys.exit(exc.exit_code)
 
+    adopt_key_flags()
     app.run(guarded)
 
 
-def define_run_flags() -> None:
-    """--preset and the overrides every pipeline entry point takes."""
+def define_config_flags(*, pretrain: bool) -> None:
+    """The flags `resolve_config` reads: --preset, --dataset, --seed, --device,
+    --objective, --eval_episodes and --set; with `pretrain`, also --pretrain_updates,
+    --critic_pretrain_updates and --collect_episodes, for the entry points that
+    pretrain or record a dataset."""
     flags.DEFINE_string("preset", "quickstart", "Preset name (see launch/presets.py).")
     flags.DEFINE_string("dataset", None, "D4RL HDF5 file or Minari folder; default: the preset's.")
-    flags.DEFINE_string("logdir", None, "Run directory; default runs/<preset>-<time>. "
-                        "An existing non-empty directory is refused.")
-    flags.DEFINE_integer("seed", None, "Seed for training and collection.")
-    flags.DEFINE_string("device", None, "'auto', 'cpu' or 'cuda[:i]'.")
-    flags.DEFINE_enum("objective", None, ["odt", "odt_td3"], "Learning objective.")
-    flags.DEFINE_integer("pretrain_updates", None, "Offline gradient steps.")
-    flags.DEFINE_integer("critic_pretrain_updates", None,
-                         "odt_td3: offline critic-only updates after pretraining.")
-    flags.DEFINE_integer("eval_episodes", None, "Evaluation episodes.")
-    flags.DEFINE_integer("collect_episodes", None, "Episodes to record when no dataset is given.")
+    flags.DEFINE_integer("seed", None, "Seed for training and collection; default: the preset's.")
+    flags.DEFINE_string("device", None, "'auto', 'cpu' or 'cuda[:i]'; default: the preset's.")
+    flags.DEFINE_enum("objective", None, ["odt", "odt_td3"],
+                      "Learning objective; default: the preset's.")
+    flags.DEFINE_integer("eval_episodes", None, "Evaluation episodes; default: the preset's.")
     flags.DEFINE_multi_string("set", [], "Override any config field: --set=finetune.log_every=10 "
                               "(repeatable; dotted path as in the run's config.json).")
+    if pretrain:
+        flags.DEFINE_integer("pretrain_updates", None,
+                             "Offline gradient steps; default: the preset's.")
+        flags.DEFINE_integer("critic_pretrain_updates", None,
+                             "odt_td3: offline critic-only updates after pretraining; "
+                             "default: the preset's.")
+        flags.DEFINE_integer("collect_episodes", None,
+                             "Episodes to record when no dataset is given; default: the preset's.")
+
+
+def define_logdir_flag() -> None:
+    flags.DEFINE_string("logdir", None, "Run directory; default runs/<preset>-<time>. "
+                        "An existing non-empty directory is refused.")
+
+
+def define_finetune_flags(*, num_actors: bool = True) -> None:
+    """--envs_per_actor and --env_steps; with `num_actors`, --num_actors (a launcher that
+    starts the actors; a single role or a SLURM job counts them otherwise)."""
+    if num_actors:
+        flags.DEFINE_integer("num_actors", None, "Actor processes; default: the preset's.")
+    flags.DEFINE_integer("envs_per_actor", None, "Environments per actor; default: the preset's.")
+    flags.DEFINE_integer("env_steps", None,
+                         "Online budget in environment steps; default: the preset's.")
+
+
+def define_resume_flag() -> None:
+    flags.DEFINE_bool("resume", False, "Continue the run in --logdir from its checkpoints, "
+                      "with its saved config (only --env_steps may change).")
+
+
+def adopt_key_flags() -> None:
+    """Make every flag defined by onramp's own modules a key flag of the main module, so
+    that `--help` lists them all with their defaults (absl's `--help` shows only the
+    main module's key flags; `--helpfull` adds absl's and the libraries' own)."""
+    main = sys.argv[0]
+    for module, module_flags in flags.FLAGS.flags_by_module_dict().items():
+        if module == main or module.split(".")[0] in PROJECT_PACKAGES:
+            for flag in module_flags:
+                flags.FLAGS.register_key_flag_for_module(main, flag)
+
+
+PROJECT_PACKAGES = ("actors", "bench", "launch", "learner", "models", "replay")
 
 
 # Flag name -> the dotted config field it overrides, for every entry point that has it.

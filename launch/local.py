@@ -40,7 +40,10 @@ from absl import flags
 from launch.flags import (
     RunFailed,
     RunInterrupted,
-    define_run_flags,
+    define_config_flags,
+    define_finetune_flags,
+    define_logdir_flag,
+    define_resume_flag,
     new_run_dir,
     require_checkpoint,
     resolve_config,
@@ -289,10 +292,8 @@ def run_local(cfg, checkpoint: str | Path, run_dir: Path, *, dataset_path: str |
     Raises RunFailed or RunInterrupted when the run ends early.
     """
     from launch import roles  # imports reverb before torch in this process
-
-    from learner.checkpoint import load_checkpoint
-
     from launch.pipeline import save_config
+    from learner.checkpoint import load_checkpoint
     from replay.tables import wait_for_server
 
     run_dir = Path(run_dir)
@@ -445,9 +446,7 @@ def _watch(sup: Supervisor, address: str, preload: int, budget: int, status: boo
     """Poll until the env-step budget is reached; raise when a role dies."""
     import reverb
 
-    from replay.tables import EXPERIENCE_TABLE, table_counts
-
-    from replay.tables import ReplayUnavailable
+    from replay.tables import EXPERIENCE_TABLE, ReplayUnavailable, table_counts
 
     client = reverb.Client(address)
     start = time.perf_counter()
@@ -478,16 +477,9 @@ def _watch(sup: Supervisor, address: str, preload: int, budget: int, status: boo
 # ---- entry point -----------------------------------------------------------------
 
 
-def define_finetune_flags() -> None:
-    flags.DEFINE_integer("num_actors", None, "Actor processes.")
-    flags.DEFINE_integer("envs_per_actor", None, "Environments per actor.")
-    flags.DEFINE_integer("env_steps", None, "Online budget in environment steps.")
-    flags.DEFINE_bool("resume", False, "Continue the fine-tuning run in --logdir from its "
-                      "checkpoints, with its saved config (only --env_steps may change).")
-
-
 # Flags a resumed run may not change: it continues with its saved config.
 _FIXED_ON_RESUME = ("preset", "dataset", "seed", "device", "objective", "pretrain_updates",
+                    "critic_pretrain_updates",
                     "eval_episodes", "collect_episodes", "num_actors", "envs_per_actor",
                     "set", "checkpoint")
 
@@ -545,7 +537,12 @@ def resume_run(logdir: str | None) -> tuple[object, Path, Path, str | None]:
 
 def main(argv) -> None:
     del argv
-    from launch.pipeline import save_config, summary_table
+    from launch.pipeline import (
+        preload_dataset,
+        save_config,
+        summary_table,
+        tensorboard_command,
+    )
 
     FLAGS = flags.FLAGS
     if FLAGS.resume:
@@ -557,18 +554,22 @@ def main(argv) -> None:
 
         checkpoint = require_checkpoint(FLAGS.checkpoint)
         cfg = resolve_config()
-        # A checkpoint that cannot run here is refused before the run directory exists.
-        fit_model_to_checkpoint(cfg, load_checkpoint(checkpoint), checkpoint,
-                                _env_info(cfg.env.env_id))
+        # A checkpoint that cannot run here, or a dataset that cannot be preloaded, is
+        # refused before the run directory exists.
+        payload = load_checkpoint(checkpoint)
+        fit_model_to_checkpoint(cfg, payload, checkpoint, _env_info(cfg.env.env_id))
+        dataset = preload_dataset(cfg, payload)
         run_dir = new_run_dir(FLAGS.logdir, f"{cfg.name}-{cfg.objective.kind}")
         save_config(run_dir, cfg)
-        dataset = cfg.data.path
     summary = run_local(cfg, checkpoint, run_dir, dataset_path=dataset)
-    print(summary_table(summary.rows(cfg.objective.kind)))
+    print(summary_table(summary.rows(cfg.objective.kind)
+                        + [("tensorboard", tensorboard_command(run_dir))]))
 
 
 if __name__ == "__main__":
     flags.DEFINE_string("checkpoint", None, "Pretrained checkpoint to fine-tune.")
+    define_config_flags(pretrain=False)
+    define_logdir_flag()
     define_finetune_flags()
-    define_run_flags()
+    define_resume_flag()
     run_main(main)

@@ -13,11 +13,20 @@ from pathlib import Path
 
 from absl import flags
 
-from launch.flags import define_run_flags, new_run_dir, resolve_config, run_main
-from launch.local import define_finetune_flags
+from launch.flags import (
+    define_config_flags,
+    define_finetune_flags,
+    define_logdir_flag,
+    define_resume_flag,
+    new_run_dir,
+    resolve_config,
+    run_main,
+)
 
-define_run_flags()
+define_config_flags(pretrain=True)
+define_logdir_flag()
 define_finetune_flags()
+define_resume_flag()
 flags.DEFINE_bool("online", True, "Fine-tune online after pretraining.")
 
 
@@ -55,7 +64,13 @@ def _resume_stages(run_dir: Path):
 def main(argv) -> None:
     del argv
     from launch.local import resume_run, run_local
-    from launch.pipeline import obtain_dataset, save_config, summary_table
+    from launch.pipeline import (
+        given_dataset,
+        obtain_dataset,
+        save_config,
+        summary_table,
+        tensorboard_command,
+    )
     from learner.pretrain import pretrain
 
     FLAGS = flags.FLAGS
@@ -69,11 +84,12 @@ def main(argv) -> None:
         print(f"onramp: resuming {run_dir}")
     else:
         cfg = resolve_config()
+        given = given_dataset(cfg)  # a bad dataset is refused before the run directory exists
         run_dir = new_run_dir(FLAGS.logdir, cfg.name)
         save_config(run_dir, cfg)
         print(f"onramp: preset {cfg.name}, {cfg.env.env_id}, objective {cfg.objective.kind}, "
               f"run directory {run_dir}")
-        dataset = obtain_dataset(cfg, run_dir)
+        dataset = obtain_dataset(cfg, run_dir, given=given)
     returns = dataset.returns
     if result is None:
         result = pretrain(cfg, dataset, run_dir, progress=True)
@@ -109,7 +125,7 @@ def main(argv) -> None:
         rows.append(("checkpoint", str(result.checkpoint)))
     rows += [
         ("wall time", f"{time.perf_counter() - start:.0f} s"),
-        ("tensorboard", f"tensorboard --logdir {run_dir}"),
+        ("tensorboard", tensorboard_command(run_dir)),
     ]
     print(summary_table(rows))
 

@@ -48,8 +48,13 @@ from pathlib import Path
 
 from absl import flags
 
-from launch.flags import define_run_flags, resolve_config, run_main
-from launch.local import define_finetune_flags
+from launch.flags import (
+    define_config_flags,
+    define_finetune_flags,
+    define_logdir_flag,
+    resolve_config,
+    run_main,
+)
 
 ROLES = ("replay", "learner", "actor", "evaluator")
 STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
@@ -71,8 +76,9 @@ def define_node_flags() -> None:
                        "How long a role waits for the replay server to answer.")
     flags.DEFINE_float("stop_grace_s", 30.0,
                        "After SIGINT/SIGTERM, how long the role may take to finish.")
-    define_run_flags()
-    define_finetune_flags()
+    define_config_flags(pretrain=False)
+    define_logdir_flag()
+    define_finetune_flags(num_actors=False)
 
 
 def parse_address(address: str | None) -> tuple[str, int]:
@@ -181,10 +187,11 @@ class _Announce:
 def run_replay(cfg, port: int, checkpoint: str, stop: threading.Event, say: Log) -> None:
     from launch import roles  # reverb before torch
     from launch.local import _env_info
+    from launch.pipeline import preload_dataset
     from learner.checkpoint import load_checkpoint
 
-    dataset_path = cfg.data.path or load_checkpoint(checkpoint).get("dataset")
-    if dataset_path and cfg.replay.preload_trajectories > 0:
+    dataset_path = preload_dataset(cfg, load_checkpoint(checkpoint))  # checked: bad input exits 2
+    if dataset_path:
         say(f"preloading the top {cfg.replay.preload_trajectories} trajectories of "
             f"{dataset_path}")
     roles.replay_role(cfg, _env_info(cfg.env.env_id), dataset_path, port, _Announce(say), stop)

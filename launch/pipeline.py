@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
+import shlex
+import sys
 from pathlib import Path
 
-from replay.datasets import OfflineDataset, load_dataset
+from replay.datasets import OfflineDataset, check_against_env, load_dataset
 
 
 def save_config(run_dir: Path, cfg) -> Path:
@@ -14,8 +17,52 @@ def save_config(run_dir: Path, cfg) -> Path:
     return path
 
 
-def obtain_dataset(cfg, run_dir: Path, progress: bool = True) -> OfflineDataset:
-    """The preset's dataset: read from cfg.data.path, or recorded into run_dir/dataset."""
+def checked_dataset(path: str | Path, env_id: str) -> OfflineDataset:
+    """The dataset at `path`, read, validated and checked against `env_id`'s spaces.
+
+    Raises DatasetError (or FileNotFoundError) naming the file and the problem, and
+    EnvError for an unknown environment. Entry points call it before they make a run
+    directory, so bad input leaves nothing behind.
+    """
+    from actors.envs import env_spec
+
+    dataset = load_dataset(path)
+    spec = env_spec(env_id)
+    check_against_env(dataset, observation_shape=spec.observation_shape,
+                      action_shape=spec.action_shape, action_low=spec.action_low,
+                      action_high=spec.action_high)
+    return dataset
+
+
+def given_dataset(cfg) -> OfflineDataset | None:
+    """cfg.data.path's dataset, checked (`checked_dataset`); None when the preset records
+    its dataset, after checking that cfg's environment exists. Call it before making
+    the run directory."""
+    if cfg.data.path is not None:
+        return checked_dataset(cfg.data.path, cfg.env.env_id)
+    from actors.envs import env_spec
+
+    env_spec(cfg.env.env_id)
+    return None
+
+
+def preload_dataset(cfg, payload: dict) -> str | None:
+    """The dataset the replay server preloads, checked (`checked_dataset`): cfg.data.path,
+    else the one the checkpoint (`payload`) was pretrained on; None when the run preloads
+    nothing. Call it before making the run directory."""
+    path = cfg.data.path or payload.get("dataset")
+    if not path or cfg.replay.preload_trajectories <= 0:
+        return None
+    checked_dataset(path, cfg.env.env_id)
+    return str(path)
+
+
+def obtain_dataset(cfg, run_dir: Path, progress: bool = True,
+                   given: OfflineDataset | None = None) -> OfflineDataset:
+    """The preset's dataset: `given` (from `given_dataset`), read from cfg.data.path, or
+    recorded into run_dir/dataset."""
+    if given is not None:
+        return given
     if cfg.data.path is not None:
         return load_dataset(cfg.data.path)
     from actors.collect import collect
@@ -26,6 +73,23 @@ def obtain_dataset(cfg, run_dir: Path, progress: bool = True) -> OfflineDataset:
         seed=cfg.data.collect_seed, noise=cfg.data.collect_noise, progress=progress,
     )
     return load_dataset(path)
+
+
+def tensorboard_command(logdir: str | Path) -> str:
+    """The command that starts TensorBoard on `logdir`, runnable as printed: the
+    `tensorboard` script beside this interpreter (the virtual environment's, not
+    activated), as a relative path when it lies under the working directory."""
+    script = Path(sys.executable).parent / "tensorboard"
+    if script.is_file():
+        try:
+            program = os.path.relpath(script)
+        except ValueError:
+            program = str(script)
+        if program.startswith(".."):
+            program = str(script)
+    else:
+        program = "tensorboard"
+    return f"{shlex.quote(program)} --logdir {shlex.quote(str(logdir))}"
 
 
 def summary_table(rows: list[tuple[str, str]]) -> str:

@@ -26,13 +26,15 @@ from pathlib import Path
 from absl import flags
 
 from launch.flags import (
-    define_run_flags,
+    define_config_flags,
+    define_finetune_flags,
+    define_logdir_flag,
     new_run_dir,
     require_checkpoint,
     resolve_config,
     run_main,
 )
-from launch.local import FinetuneSummary, RunFailed, define_finetune_flags, final_summary
+from launch.local import FinetuneSummary, RunFailed, final_summary
 
 
 def _import_ray():
@@ -183,17 +185,26 @@ def _watch(ray, handles, address, preload, budget, status, table_counts, table) 
 
 def main(argv) -> None:
     del argv
-    from launch.pipeline import save_config, summary_table
+    from launch.pipeline import (
+        preload_dataset,
+        save_config,
+        summary_table,
+        tensorboard_command,
+    )
+    from learner.checkpoint import load_checkpoint
 
     FLAGS = flags.FLAGS
-    require_checkpoint(FLAGS.checkpoint)
+    checkpoint = require_checkpoint(FLAGS.checkpoint)
     cfg = resolve_config()
+    # A dataset that cannot be preloaded is refused before the run directory exists.
+    dataset = preload_dataset(cfg, load_checkpoint(checkpoint))
     run_dir = new_run_dir(FLAGS.logdir, f"{cfg.name}-{cfg.objective.kind}-ray")
     save_config(run_dir, cfg)
     summary = run_ray(cfg, FLAGS.checkpoint, run_dir, address=FLAGS.address,
-                      dataset_path=cfg.data.path, learner_gpus=FLAGS.learner_gpus,
+                      dataset_path=dataset, learner_gpus=FLAGS.learner_gpus,
                       max_restarts=FLAGS.max_restarts)
-    print(summary_table(summary.rows(cfg.objective.kind)))
+    print(summary_table(summary.rows(cfg.objective.kind)
+                        + [("tensorboard", tensorboard_command(run_dir))]))
 
 
 if __name__ == "__main__":
@@ -201,6 +212,7 @@ if __name__ == "__main__":
     flags.DEFINE_string("checkpoint", None, "Pretrained checkpoint to fine-tune.")
     flags.DEFINE_float("learner_gpus", 0.0, "GPUs for the learner.")
     flags.DEFINE_integer("max_restarts", 3, "Restarts of a dead actor or evaluator.")
+    define_config_flags(pretrain=False)
+    define_logdir_flag()
     define_finetune_flags()
-    define_run_flags()
     run_main(main)

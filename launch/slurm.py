@@ -31,13 +31,14 @@ from absl import flags
 
 from launch.flags import (
     OVERRIDES,
-    define_run_flags,
+    define_config_flags,
+    define_finetune_flags,
+    define_logdir_flag,
     new_run_dir,
     require_checkpoint,
     resolve_config,
     run_main,
 )
-from launch.local import define_finetune_flags
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -206,8 +207,9 @@ def define_slurm_flags() -> None:
                         "Interpreter on the nodes; default: this one (a shared venv).")
     flags.DEFINE_string("out", None, "Script to write; default <logdir>/job.sbatch.")
     flags.DEFINE_bool("dry_run", False, "Print the script; write nothing.")
-    define_run_flags()
-    define_finetune_flags()
+    define_config_flags(pretrain=False)
+    define_logdir_flag()
+    define_finetune_flags(num_actors=False)
 
 
 def main(argv) -> None:
@@ -216,19 +218,17 @@ def main(argv) -> None:
     require_checkpoint(FLAGS.checkpoint)
     if FLAGS.actor_nodes is None:
         raise ValueError("--actor_nodes is required: how many CPU nodes run actors")
-    if FLAGS.num_actors is not None:
-        raise ValueError("--num_actors does not apply: a SLURM job runs "
-                         "--actor_nodes x --actors_per_node actors")
     cfg = resolve_config()  # a bad preset or override fails here, not on the cluster
     logdir = Path(FLAGS.logdir or Path("runs") / f"{cfg.name}-{cfg.objective.kind}-slurm-"
                   f"{time.strftime('%Y%m%d-%H%M%S')}").absolute()
     node_flags = [f"--preset={FLAGS.preset}"]
     for name in OVERRIDES:
-        if name in FLAGS and name != "num_actors" and FLAGS[name].value is not None:
+        if name in FLAGS and FLAGS[name].value is not None:
             value = FLAGS[name].value
             if name == "dataset":
                 value = Path(value).absolute()
             node_flags.append(f"--{name}={value}")
+    node_flags += [f"--set={item}" for item in FLAGS.set]
     node_flags += [f"--checkpoint={Path(FLAGS.checkpoint).absolute()}", f"--logdir={logdir}"]
     job = SlurmJob(
         node_flags=tuple(node_flags), logdir=str(logdir), actor_nodes=FLAGS.actor_nodes,

@@ -8,12 +8,18 @@ mean return, far above a random policy.
 from __future__ import annotations
 
 import hashlib
+import json
 import subprocess
 import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import portpicker
 import pytest
 
 from actors.collect import collect
@@ -95,6 +101,50 @@ def test_tensorboard_holds_the_issue_tags(pretrained):
     assert [step for step, _ in scalars["eval/return"]] == [200, 400]
     assert all(np.isfinite(v) for _, v in scalars["loss/nll"])
     assert "| model.embed_dim | 64 |" in read_text(logdir / "pretrain")["config"]
+
+
+def _get_json(url: str):
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return json.loads(response.read())
+
+
+def test_tensorboard_from_the_venv_serves_the_run(pretrained):
+    """The `tensorboard` beside this interpreter (what `make tensorboard` and the printed
+    command start) serves a finished run: eval/return and the config table come back
+    over its HTTP API with the values the event files hold."""
+    _, logdir, _ = pretrained
+    tensorboard = Path(sys.executable).parent / "tensorboard"
+    assert tensorboard.is_file(), f"{tensorboard}: no TensorBoard in this environment"
+    port = portpicker.pick_unused_port()
+    proc = subprocess.Popen([str(tensorboard), f"--logdir={logdir}", "--host=127.0.0.1",
+                             f"--port={port}"], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 180
+        points = None
+        while points is None:
+            if proc.poll() is not None:
+                pytest.fail(f"tensorboard exited with {proc.returncode}:\n{proc.stdout.read()}")
+            assert time.monotonic() < deadline, "TensorBoard did not serve eval/return"
+            try:
+                tags = _get_json(f"{base}/data/plugin/scalars/tags")
+                if "eval/return" in tags.get("pretrain", {}):
+                    query = urllib.parse.urlencode({"run": "pretrain", "tag": "eval/return"})
+                    points = _get_json(f"{base}/data/plugin/scalars/scalars?{query}")
+            except (urllib.error.URLError, ConnectionError):
+                pass
+            if points is None:
+                time.sleep(0.5)
+        expected = read_scalars(logdir / "pretrain")["eval/return"]
+        assert [step for _, step, _ in points] == [step for step, _ in expected]
+        assert [value for _, _, value in points] == pytest.approx([v for _, v in expected])
+        query = urllib.parse.urlencode({"run": "pretrain", "tag": "config"})
+        texts = _get_json(f"{base}/data/plugin/text/text?{query}")
+        assert texts and "model.embed_dim" in texts[-1]["text"]
+    finally:
+        proc.terminate()
+        proc.wait(30)
 
 
 def test_checkpoint_round_trip_gives_identical_actions(pretrained):
@@ -192,6 +242,7 @@ def test_bad_input_exits_nonzero_with_a_clear_message(args, message, tmp_path):
     assert proc.returncode == 2
     assert message in proc.stderr
     assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "run").exists()
 
 
 def test_existing_run_directory_is_refused_and_kept(tmp_path):
