@@ -42,7 +42,7 @@ from replay.datasets import load_dataset
 
 ENV = "InvertedPendulum-v4"
 REPO = Path(__file__).resolve().parents[1]
-STOP_TIMEOUT_S = 15
+STOP_TIMEOUT_S = 60
 
 
 def free_port() -> int:
@@ -92,7 +92,9 @@ class Node:
 
 
 def stop(signals: dict[Node, signal.Signals]) -> None:
-    """Signal the processes together; fail unless each exits within 15 s."""
+    """Signal the processes together; fail unless each exits within STOP_TIMEOUT_S
+    (a hang guard: a role stops on its own well before, or is forced out after its
+    --stop_grace_s with exit status 3, which the caller then sees)."""
     for node, signum in signals.items():
         node.proc.send_signal(signum)
     deadline = time.monotonic() + STOP_TIMEOUT_S

@@ -368,7 +368,7 @@ def test_a_killed_learner_stops_the_run_and_resume_restores_counters_and_replay(
     assert code == 1, err[-3000:]
     assert "learner exited with code -9" in err
     assert f"resume with: python -m launch.local --resume --logdir={run_dir}" in err
-    _, alive = psutil.wait_procs(children, timeout=0.5)
+    _, alive = psutil.wait_procs(children, timeout=5)
     assert not [p for p in alive if p.status() != psutil.STATUS_ZOMBIE]
     saved = load_checkpoint(run_dir / "learner" / "checkpoint.pt")
     step, env_steps = saved["learner"]["step"], saved["env_steps"]

@@ -50,7 +50,7 @@ from replay.writer import EpisodeWriter
 OBS, ACT = (3,), (2,)
 
 
-def wait_until(condition: Callable[[], bool], timeout_s: float = 10.0, what: str = "") -> None:
+def wait_until(condition: Callable[[], bool], timeout_s: float = 60.0, what: str = "") -> None:
     """Poll `condition` until it holds; fail the test after timeout_s."""
     deadline = time.monotonic() + timeout_s
     while not condition():
@@ -59,7 +59,7 @@ def wait_until(condition: Callable[[], bool], timeout_s: float = 10.0, what: str
         time.sleep(0.005)
 
 
-def run_bounded(fn: Callable, *args, timeout_s: float = 10.0):
+def run_bounded(fn: Callable, *args, timeout_s: float = 60.0):
     """fn(*args) in a daemon thread: a rate limiter that wrongly blocks fails the test
     instead of hanging the suite."""
     outcome: dict = {}
@@ -366,9 +366,9 @@ class TestRateLimiter:
             thread.start()
         low, high = -self.T, self.T
         snapshots = 0
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + 120  # a hang guard: a loaded machine is slow, not stuck
         while threads[1].is_alive():
-            assert time.monotonic() < deadline, "actor and learner did not finish in 20 s"
+            assert time.monotonic() < deadline, "actor and learner did not finish in 120 s"
             counts = table_counts(address)
             error = (counts["inserts"] - self.PRELOAD) * self.SPI - counts["samples"]
             # The limiter allows one more sample while error - 1 >= -T and one more
