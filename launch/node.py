@@ -303,7 +303,14 @@ def main(argv) -> None:
     from launch import roles  # reverb before torch (resolve_config imports torch)
     from launch.pipeline import save_config
 
+    from launch.local import _env_info, fit_model_to_checkpoint
+    from learner.checkpoint import load_checkpoint
+
+    # The checkpoint defines the network, as in launch.local: the replay windows take its
+    # context length, not the preset's.
     cfg = resolve_config()
+    cfg = fit_model_to_checkpoint(cfg, load_checkpoint(FLAGS.checkpoint), FLAGS.checkpoint,
+                                  _env_info(cfg.env.env_id))
     if FLAGS.role == "replay":
         run_replay(cfg, FLAGS.port, FLAGS.checkpoint, stop, say)
     else:

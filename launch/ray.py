@@ -99,20 +99,23 @@ def run_ray(cfg, checkpoint: str | Path, run_dir: Path, *, address: str = "auto"
     """
     ray = _import_ray()
     from launch import roles
-    from launch.local import _env_info
+    from launch.local import _env_info, fit_model_to_checkpoint
     from launch.pipeline import save_config
     from learner.checkpoint import load_checkpoint
     from replay.tables import EXPERIENCE_TABLE, table_counts, wait_for_server
 
+    payload = load_checkpoint(checkpoint)
+    env_info = _env_info(cfg.env.env_id)
+    # The checkpoint defines the network, as in launch.local: the replay windows take
+    # its context length, not the preset's.
+    cfg = fit_model_to_checkpoint(cfg, payload, checkpoint, env_info)
     if not ray.is_initialized():
         ray.init(address=address, log_to_driver=status)
     RoleHost = _role_host_class(ray)
     run_dir = Path(run_dir).absolute()
     if not (run_dir / "config.json").exists():
         save_config(run_dir, cfg)
-    payload = load_checkpoint(checkpoint)
     dataset_path = dataset_path or payload.get("dataset")
-    env_info = _env_info(cfg.env.env_id)
     paths = roles.RunPaths(str(run_dir), str(Path(checkpoint).absolute()))
     start = time.perf_counter()
     handles: dict[str, object] = {}

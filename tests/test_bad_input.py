@@ -118,8 +118,8 @@ def test_pretrain_with_the_dataset_fixed_then_succeeds_in_the_same_logdir(good, 
     data, _ = good
     bad = with_nan(tmp_path)
     logdir = tmp_path / "run"
-    args = [f"--logdir={logdir}", "--pretrain_updates=10", "--eval_episodes=1",
-            "--set=pretrain.eval_every=0"]
+    args = [f"--logdir={logdir}", "--pretrain_updates=10", "--critic_pretrain_updates=10",
+            "--eval_episodes=1", "--set=pretrain.eval_every=0"]
     assert_refused(run("learner.pretrain", f"--dataset={bad}", *args), bad, sha256(bad),
                    "non-finite", logdir)
     proc = run("learner.pretrain", f"--dataset={data}", *args)
@@ -132,8 +132,8 @@ def test_main_refuses_a_bad_dataset_then_runs_with_a_good_one(good, tmp_path):
     bad = truncated(tmp_path)
     digest = sha256(bad)
     logdir = tmp_path / "run"
-    args = [f"--logdir={logdir}", "--pretrain_updates=10", "--eval_episodes=1",
-            "--online=false"]
+    args = [f"--logdir={logdir}", "--pretrain_updates=10", "--critic_pretrain_updates=10",
+            "--eval_episodes=1", "--online=false"]
     assert_refused(run("launch.main", f"--dataset={bad}", *args), bad, digest, "cut.hdf5",
                    logdir)
     proc = run("launch.main", f"--dataset={data}", *args)

@@ -8,6 +8,7 @@ from replay import _reverb  # noqa: F401  (reverb/TF before torch)
 from replay._reverb import reverb
 from replay.params import decode_params
 from replay.tables import (
+    EXPERIENCE_TABLE,
     PARAMS_TABLE,
     ReplaySpec,
     check_server_spec,
@@ -184,6 +185,38 @@ def test_every_role_runs_in_its_own_process_over_grpc(pretrained, tmp_path):
     assert (run / "config.json").is_file()
 
 
+def test_the_replay_role_takes_the_checkpoints_context_length(pretrained, tmp_path):
+    """As in launch.local, the checkpoint defines the network: a preset whose context
+    length differs still gets replay windows of the checkpoint's length."""
+    data, checkpoint = pretrained
+    checkpoint_len = load_checkpoint(checkpoint)["model_config"]["context_len"]
+    port = free_port()
+    node = Node("replay", ["--role=replay", f"--port={port}", f"--checkpoint={checkpoint}",
+                           f"--dataset={data}", f"--set=model.context_len={checkpoint_len + 3}"],
+                tmp_path)
+    try:
+        deadline = time.monotonic() + 240
+        while "replay server listening on" not in node.output():
+            assert node.proc.poll() is None, node.output()[-3000:]
+            assert time.monotonic() < deadline, "the replay role did not start"
+            time.sleep(0.5)
+        address = f"127.0.0.1:{port}"
+        signature = reverb.Client(address).server_info()[EXPERIENCE_TABLE].signature
+        lengths = {spec.shape[0] for spec in reverb_specs(signature)}
+        assert lengths == {checkpoint_len}, signature
+    finally:
+        stop({node: signal.SIGTERM})
+
+
+def reverb_specs(signature):
+    """The TensorSpecs of a (nested) Reverb table signature."""
+    if isinstance(signature, dict):
+        return [spec for value in signature.values() for spec in reverb_specs(value)]
+    if isinstance(signature, (list, tuple)):
+        return [spec for value in signature for spec in reverb_specs(value)]
+    return [signature]
+
+
 def test_a_role_without_a_replay_server_fails_naming_the_address(pretrained, tmp_path):
     _, checkpoint = pretrained
     address = f"127.0.0.1:{free_port()}"  # nothing listens there
@@ -322,6 +355,21 @@ def test_slurm_dry_run_prints_a_heterogeneous_job_and_writes_nothing(tmp_path):
                  "scontrol show hostnames \"$SLURM_JOB_NODELIST_HET_GROUP_0\" | head -n1"):
         assert text in script, text
     assert set(tmp_path.rglob("*")) == before  # no script, no run directory
+
+
+def test_slurm_forwards_set_overrides_to_every_node_command(tmp_path):
+    checkpoint = tmp_path / "ckpt.pt"
+    checkpoint.write_bytes(b"")
+    proc = subprocess.run(
+        [sys.executable, "-m", "launch.slurm", "--preset=quickstart", "--actor_nodes=1",
+         f"--checkpoint={checkpoint}", f"--logdir={tmp_path / 'run'}", "--dry_run",
+         "--set=objective.rl_coeff=0.5", "--set=finetune.log_every=7"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr
+    run_flags = next(line for line in proc.stdout.splitlines()
+                     if line.startswith("RUN_FLAGS=("))
+    assert "--set=objective.rl_coeff=0.5" in run_flags
+    assert "--set=finetune.log_every=7" in run_flags
 
 
 def test_slurm_script_forwards_overrides_and_is_written_once(tmp_path):

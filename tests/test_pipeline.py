@@ -226,6 +226,10 @@ def test_main_job_runs_the_offline_pipeline(tmp_path):
     assert checkpoint.stat().st_mtime_ns == stamp
     proc = run_cli("-m", "launch.main", "--resume", f"--logdir={logdir}", "--seed=3")
     assert proc.returncode == 2 and "--seed cannot change it" in proc.stderr
+    # The finished pretraining (critic included) is reused, so its budget cannot change.
+    proc = run_cli("-m", "launch.main", "--resume", f"--logdir={logdir}",
+                   "--critic_pretrain_updates=5")
+    assert proc.returncode == 2 and "--critic_pretrain_updates cannot change it" in proc.stderr
 
 
 @pytest.mark.parametrize(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import replace
 
@@ -11,6 +12,7 @@ from ray.cluster_utils import Cluster
 
 from launch.presets import ActorConfig
 from launch.ray import run_ray
+from learner.checkpoint import load_checkpoint
 from learner.config import ObjectiveConfig
 from learner.tensorboard import read_scalars
 from tests.test_finetune import pretrained, tiny_config  # noqa: F401 (a fixture)
@@ -29,8 +31,12 @@ def cluster():
 
 def test_actors_spread_over_nodes_and_a_killed_actor_is_restarted(cluster, pretrained, tmp_path):
     data, checkpoint, _ = pretrained
+    # A preset whose context length differs from the checkpoint's: the run takes the
+    # checkpoint's network, as launch.local does.
     cfg = replace(tiny_config(env_steps=600), objective=ObjectiveConfig(kind="odt_td3"),
                   actor=ActorConfig(num_actors=2, envs_per_actor=2))
+    checkpoint_len = load_checkpoint(checkpoint)["model_config"]["context_len"]
+    cfg = replace(cfg, model=replace(cfg.model, context_len=checkpoint_len + 3))
     placed = {}
 
     def on_started(handles):
@@ -51,3 +57,5 @@ def test_actors_spread_over_nodes_and_a_killed_actor_is_restarted(cluster, pretr
     assert summary.env_steps >= cfg.finetune.env_steps
     assert summary.learner_checkpoint.is_file()
     assert "eval/return" in read_scalars(tmp_path / "evaluator")
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert saved["model"]["context_len"] == checkpoint_len
