@@ -301,9 +301,8 @@ def main(argv) -> None:
     StopOnSignal(stop, FLAGS.stop_grace_s, warn).install()  # before any library thread
 
     from launch import roles  # reverb before torch (resolve_config imports torch)
-    from launch.pipeline import save_config
-
     from launch.local import _env_info, fit_model_to_checkpoint
+    from launch.pipeline import save_config
     from learner.checkpoint import load_checkpoint
 
     # The checkpoint defines the network, as in launch.local: the replay windows take its
