@@ -7,7 +7,7 @@ RUN_ARGS ?=
 LOGDIR ?= runs
 PORT ?= 6006
 
-.PHONY: setup run test lint bench tensorboard clean
+.PHONY: setup run test test-fast lint bench tensorboard clean
 
 setup: $(STAMP)
 
@@ -30,6 +30,10 @@ tensorboard: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -m "not gpu" tests
+
+# The tests that start no process: a minute or two, for the edit-test loop.
+test-fast: $(STAMP)
+	$(PY) -m pytest -m "not gpu and not slow" tests
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check actors learner replay models launch bench tests

@@ -23,11 +23,16 @@ from actors.scripted import SCRIPTED_POLICIES
 from replay.datasets import Episode, write_d4rl, write_minari
 
 Policy = Callable[[ContextBuffer], np.ndarray]  # context -> actions in [-1, 1]
+LoadPolicy = Callable[[str], tuple]
+"""A checkpoint path -> (model, payload), e.g. `learner.checkpoint.load_policy`: actors
+do not import the learner, so the caller hands the checkpoint reader in."""
 
 
 def make_behaviour_policy(name: str, spec: EnvSpec, *, seed: int, noise: float,
-                          target_return: float | None = None) -> tuple[Policy, int, float]:
-    """(policy, context length, target return) for 'random', 'scripted' or a checkpoint path."""
+                          target_return: float | None = None,
+                          load_policy: LoadPolicy | None = None) -> tuple[Policy, int, float]:
+    """(policy, context length, target return) for 'random', 'scripted' or a checkpoint
+    path, read with `load_policy`."""
     rng = np.random.default_rng(seed)
 
     def with_noise(actions: np.ndarray) -> np.ndarray:
@@ -50,8 +55,9 @@ def make_behaviour_policy(name: str, spec: EnvSpec, *, seed: int, noise: float,
         raise ValueError(
             f"policy={name!r} is neither 'random', 'scripted' nor an existing checkpoint file"
         )
-    from learner.checkpoint import load_policy
-
+    if load_policy is None:
+        raise ValueError(f"policy={name!r} is a checkpoint, and no checkpoint reader was "
+                         "given (load_policy=learner.checkpoint.load_policy)")
     model, payload = load_policy(name)
     run = payload.get("run_config", {})
     if model.cfg.state_dim != spec.state_dim or model.cfg.act_dim != spec.act_dim:
@@ -112,8 +118,10 @@ def record_episodes(env: VectorEnv, policy: Policy, context_len: int, target_ret
 
 def collect(env_id: str, policy: str, out: str | Path, *, episodes: int, num_envs: int = 10,
             seed: int = 1, noise: float = 0.0, fmt: str = "minari",
-            progress: bool = False) -> tuple[Path, list[Episode]]:
-    """Record `episodes` episodes of `policy` on `env_id` and write them to `out`."""
+            progress: bool = False,
+            load_policy: LoadPolicy | None = None) -> tuple[Path, list[Episode]]:
+    """Record `episodes` episodes of `policy` on `env_id` and write them to `out`; a
+    checkpoint policy is read with `load_policy` (`make_behaviour_policy`)."""
     if fmt not in ("minari", "d4rl"):
         raise ValueError(f"format={fmt!r} must be 'minari' or 'd4rl'")
     out = Path(out)
@@ -122,7 +130,8 @@ def collect(env_id: str, policy: str, out: str | Path, *, episodes: int, num_env
     env = VectorEnv(env_id, num_envs, seed)
     try:
         spec = env.spec
-        act, context_len, target = make_behaviour_policy(policy, spec, seed=seed, noise=noise)
+        act, context_len, target = make_behaviour_policy(policy, spec, seed=seed, noise=noise,
+                                                         load_policy=load_policy)
         recorded = record_episodes(env, act, context_len, target, episodes, progress)
     finally:
         env.close()

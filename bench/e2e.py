@@ -40,11 +40,11 @@ from actors.envs import VectorEnv, env_spec
 from actors.evaluate import evaluate
 from bench.learner import peak_rss_mib, rss_mib
 from launch.local import run_local
-from launch.pipeline import obtain_dataset, save_config
+from launch.pipeline import obtain_dataset, pretrain, save_config
 from launch.presets import get_preset
 from learner.checkpoint import load_checkpoint
+from learner.device import to_device
 from learner.finetune import learner_from_checkpoint
-from learner.pretrain import pretrain, to_device
 from learner.tensorboard import read_scalars
 from replay.offline import OfflineSampler, flatten_episodes, top_episodes
 from replay.windows import concatenate, flatten_episode

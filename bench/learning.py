@@ -32,11 +32,10 @@ flags.DEFINE_multi_string("set", [], "Config override, dotted field=value, "
 
 def main(argv) -> None:
     del argv
-    from launch.local import run_local
-    from launch.pipeline import obtain_dataset, save_config
     from launch.flags import apply_setting, checked
+    from launch.local import run_local
+    from launch.pipeline import obtain_dataset, pretrain, pretrain_critic, save_config
     from launch.presets import get_preset
-    from learner.pretrain import pretrain, pretrain_critic
 
     FLAGS = flags.FLAGS
     out = Path(FLAGS.out)

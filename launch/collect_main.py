@@ -20,6 +20,7 @@ flags.DEFINE_enum("format", "minari", ["minari", "d4rl"], "Output layout.")
 def main(argv) -> None:
     del argv
     from actors.collect import collect
+    from learner.checkpoint import load_policy
 
     FLAGS = flags.FLAGS
     if FLAGS.episodes < 1:
@@ -30,7 +31,7 @@ def main(argv) -> None:
         raise ValueError(f"--noise={FLAGS.noise} must be >= 0")
     path, episodes = collect(FLAGS.env_id, FLAGS.policy, FLAGS.out, episodes=FLAGS.episodes,
                              num_envs=FLAGS.num_envs, seed=FLAGS.seed, noise=FLAGS.noise,
-                             fmt=FLAGS.format, progress=True)
+                             fmt=FLAGS.format, progress=True, load_policy=load_policy)
     returns = [ep.ret for ep in episodes]
     print(f"wrote {len(episodes)} episodes, {sum(ep.length for ep in episodes)} steps to {path}")
     print(f"  return mean {sum(returns) / len(returns):.1f}  min {min(returns):.1f}  "

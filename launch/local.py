@@ -395,10 +395,10 @@ def _stop_after_failure(sup: Supervisor, address: str | None, paths, preload_ite
         return
     _stop_workers(sup, 2)
     if address is not None and sup.alive("replay"):
-        import reverb
+        from replay.tables import as_client
 
         try:
-            record = roles.checkpoint_replay_and_record(reverb.Client(address), paths,
+            record = roles.checkpoint_replay_and_record(as_client(address), paths,
                                                         preload_items)
             sup.log(f"replay checkpoint written at {record['env_steps']} env steps "
                     f"({record['size']} windows)")
@@ -444,11 +444,14 @@ def _wait_ready(ready, sup: Supervisor, timeout_s: float) -> tuple[int, int]:
 
 def _watch(sup: Supervisor, address: str, preload: int, budget: int, status: bool) -> int:
     """Poll until the env-step budget is reached; raise when a role dies."""
-    import reverb
+    from replay.tables import (
+        EXPERIENCE_TABLE,
+        ReplayUnavailable,
+        as_client,
+        table_counts,
+    )
 
-    from replay.tables import EXPERIENCE_TABLE, ReplayUnavailable, table_counts
-
-    client = reverb.Client(address)
+    client = as_client(address)
     start = time.perf_counter()
     env_steps = first = None
     while env_steps is None or env_steps < budget:

@@ -67,11 +67,11 @@ def main(argv) -> None:
     from launch.pipeline import (
         given_dataset,
         obtain_dataset,
+        pretrain,
         save_config,
         summary_table,
         tensorboard_command,
     )
-    from learner.pretrain import pretrain
 
     FLAGS = flags.FLAGS
     start = time.perf_counter()

@@ -66,13 +66,57 @@ def obtain_dataset(cfg, run_dir: Path, progress: bool = True,
     if cfg.data.path is not None:
         return load_dataset(cfg.data.path)
     from actors.collect import collect
+    from learner.checkpoint import load_policy
 
     path, _ = collect(
         cfg.env.env_id, cfg.data.collect_policy, run_dir / "dataset",
         episodes=cfg.data.collect_episodes, num_envs=cfg.data.collect_num_envs,
         seed=cfg.data.collect_seed, noise=cfg.data.collect_noise, progress=progress,
+        load_policy=load_policy,
     )
     return load_dataset(path)
+
+
+def pretrain(cfg, dataset: OfflineDataset, logdir: str | Path, *, progress: bool = False,
+             evaluate_fn=None):
+    """`learner.pretrain.pretrain` wired to cfg's environment: the dataset is checked
+    against its spaces, its actions are mapped to [-1, 1] by its box, and the periodic
+    evaluation runs on envpool (`evaluate_on_env`) unless `evaluate_fn` is given."""
+    from actors.envs import env_spec
+    from learner import pretrain as offline
+
+    spec = env_spec(cfg.env.env_id)
+    check_against_env(dataset, observation_shape=spec.observation_shape,
+                      action_shape=spec.action_shape, action_low=spec.action_low,
+                      action_high=spec.action_high)
+    return offline.pretrain(cfg, dataset, logdir, action_box=spec.action_box,
+                            evaluate_fn=evaluate_fn or evaluate_on_env, progress=progress)
+
+
+def pretrain_critic(cfg, dataset: OfflineDataset, checkpoint: str | Path,
+                    logdir: str | Path) -> Path:
+    """`learner.pretrain.pretrain_critic` with cfg's environment's action box."""
+    from actors.envs import env_spec
+    from learner import pretrain as offline
+
+    return offline.pretrain_critic(cfg, dataset, checkpoint, logdir,
+                                   action_box=env_spec(cfg.env.env_id).action_box)
+
+
+def evaluate_on_env(model, cfg):
+    """cfg.eval's deterministic evaluation of `model` on envpool."""
+    from actors.evaluate import evaluate
+
+    return evaluate(
+        model,
+        cfg.env.env_id,
+        episodes=cfg.eval.episodes,
+        target_return=cfg.eval.target_return,
+        context_len=cfg.eval.context_len,
+        seed=cfg.eval.seed,
+        task_id=cfg.env.task_id,
+        device=next(model.parameters()).device,
+    )
 
 
 def tensorboard_command(logdir: str | Path) -> str:

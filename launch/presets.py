@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import typing
-from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path
 
 from learner.config import ComputeConfig, ObjectiveConfig, OptimConfig
@@ -159,19 +159,6 @@ def _from_dict(cls, values, where: str):
         return cls(**kwargs)
     except TypeError as exc:
         raise ValueError(f"{where}: {exc}") from exc
-
-
-def flatten(config, prefix: str = "") -> dict[str, object]:
-    """Dotted field paths -> values, for the TensorBoard config table."""
-    out: dict[str, object] = {}
-    for f in fields(config):
-        value = getattr(config, f.name)
-        key = f"{prefix}{f.name}"
-        if is_dataclass(value):
-            out.update(flatten(value, key + "."))
-        else:
-            out[key] = value
-    return out
 
 
 def validate(cfg: RunConfig) -> list[str]:

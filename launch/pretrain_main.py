@@ -21,10 +21,10 @@ def main(argv) -> None:
     from launch.pipeline import (
         given_dataset,
         obtain_dataset,
+        pretrain,
         save_config,
         tensorboard_command,
     )
-    from learner.pretrain import pretrain
 
     FLAGS = flags.FLAGS
     cfg = resolve_config()

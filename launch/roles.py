@@ -166,13 +166,13 @@ def _batches_until(address, spec, batch_size, stop):
     Ends when the replay server stops answering, so the learner still writes its
     final checkpoint.
     """
-    from replay._reverb import tf
+    from replay.stream import STREAM_ERRORS
     from replay.tables import wait_for_server
 
     while not stop.is_set():
         try:
             yield from window_batches(address, spec, batch_size, rate_limiter_timeout_ms=1000)
-        except (tf.errors.OpError, RuntimeError) as error:
+        except STREAM_ERRORS as error:
             try:
                 wait_for_server(address, timeout_s=5)
             except ReplayUnavailable:
@@ -207,16 +207,15 @@ def learner_role(cfg, paths: RunPaths, address: str, spec: ReplaySpec, stop) -> 
     needs a replay server built with samples_per_insert x G. Rank 0 writes the figures
     in effect (`distributed.*`) into the config table.
     """
-    from launch.presets import flatten
     from learner import distributed
     from learner.checkpoint import load_checkpoint
+    from learner.device import resolve_device
     from learner.finetune import (
         data_parallel_finetune_loop,
         learner_from_checkpoint,
         save_learner,
     )
-    from learner.pretrain import resolve_device
-    from learner.tensorboard import NullWriter
+    from learner.tensorboard import NullWriter, flatten
 
     device = resolve_device(cfg.device)
     rank, world_size = distributed.init_from_env(device)
@@ -226,9 +225,9 @@ def learner_role(cfg, paths: RunPaths, address: str, spec: ReplaySpec, stop) -> 
     learner = learner_from_checkpoint(payload, cfg.objective, cfg.optim, device, cfg.compute)
     if world_size > 1:  # Learner() seeded every rank alike
         torch.manual_seed(cfg.seed + rank)
-    import reverb  # the client lives in this process
+    from replay.tables import as_client
 
-    client = reverb.Client(address)
+    client = as_client(address)  # the client lives in this process
     # A resumed learner's step may be behind what the previous process logged.
     writer = (SummaryWriter(paths.role_dir("learner"), purge_step=learner.step) if rank == 0
               else NullWriter())
@@ -290,7 +289,11 @@ def learner_role(cfg, paths: RunPaths, address: str, spec: ReplaySpec, stop) -> 
 
 def policy_from_checkpoint(cfg, checkpoint: str):
     """The acting model: the checkpoint's weights with the objective's head."""
-    from learner.checkpoint import convert_policy_head, load_checkpoint, model_config_from
+    from learner.checkpoint import (
+        convert_policy_head,
+        load_checkpoint,
+        model_config_from,
+    )
     from models import DecisionTransformer
 
     payload = load_checkpoint(checkpoint)
@@ -402,12 +405,12 @@ def evaluate_and_log(cfg, model, writer, env_steps: int, learner_step: int):
 def evaluator_role(cfg, paths: RunPaths, address: str, spec: ReplaySpec, stop,
                    incarnation: int = 0) -> None:
     """Evaluate the newest weights every `eval_every_env_steps` until `stop`."""
-    import reverb
+    from replay.tables import as_client
 
     del incarnation  # evaluation seeds are fixed: every evaluation is comparable
     torch.set_num_threads(1)
     model = policy_from_checkpoint(cfg, paths.checkpoint)
-    client = reverb.Client(address)
+    client = as_client(address)
     puller = ParamsPuller(address, expected_params(model), interval_s=cfg.actor.params_interval_s)
     puller.start()
     writer = SummaryWriter(paths.role_dir("evaluator"), purge_step=run_env_steps(address, spec))

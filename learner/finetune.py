@@ -34,7 +34,7 @@ from learner.checkpoint import (
 )
 from learner.config import DEFAULT_COMPUTE, ComputeConfig
 from learner.learner import Learner, NonFiniteGuard
-from learner.pretrain import to_device
+from learner.device import to_device
 from learner.tensorboard import NullWriter
 
 

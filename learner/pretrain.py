@@ -10,36 +10,19 @@ table at step 0; loss/*, policy/*, throughput/updates_per_s, eval/*) and
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from learner.checkpoint import learner_payload, save_checkpoint
+from learner.device import resolve_device, to_device
 from learner.learner import Learner, NonFiniteGuard
-from learner.tensorboard import SummaryWriter, markdown_table
-from replay.datasets import OfflineDataset, check_against_env
+from learner.tensorboard import SummaryWriter, flatten, markdown_table
+from replay.datasets import OfflineDataset
 from replay.offline import OfflineSampler, flatten_episodes, state_statistics
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def to_device(batch: dict[str, np.ndarray], device: torch.device) -> dict[str, torch.Tensor]:
-    """numpy windows -> tensors; integer timesteps become int64 for the embedding."""
-    out = {}
-    for key, value in batch.items():
-        if not value.flags.writeable:  # Reverb hands out read-only arrays
-            value = value.copy()
-        tensor = torch.from_numpy(value)
-        if key == "timesteps":
-            tensor = tensor.long()
-        out[key] = tensor.to(device, non_blocking=True)
-    return out
+from replay.windows import ActionBox
 
 
 @dataclass
@@ -52,30 +35,18 @@ class PretrainResult:
     metrics: dict[str, float]
 
 
-def pretrain(cfg, dataset: OfflineDataset, logdir: str | Path, *, progress: bool = False,
-             evaluate_fn=None) -> PretrainResult:
-    """Pretrain per `cfg` (a launch.presets.RunConfig) on `dataset`.
+def pretrain(cfg, dataset: OfflineDataset, logdir: str | Path, *, action_box: ActionBox,
+             evaluate_fn: Callable, progress: bool = False) -> PretrainResult:
+    """Pretrain per `cfg` (a launch.presets.RunConfig) on `dataset`, whose actions are
+    in the environment's units and mapped to [-1, 1] by `action_box`.
 
-    `evaluate_fn(model, cfg) -> EvalResult` runs the periodic evaluation; the
-    default evaluates on envpool with cfg.eval.
+    `evaluate_fn(model, cfg) -> EvalResult` runs the periodic evaluation
+    (`launch.pipeline.pretrain` wires the environment's box and envpool evaluation).
     """
-    from actors.envs import env_spec
-    from launch.presets import flatten
-
-    if evaluate_fn is None:
-        evaluate_fn = evaluate_on_env
     role_dir = Path(logdir) / "pretrain"
-    spec = env_spec(cfg.env.env_id)
-    check_against_env(
-        dataset,
-        observation_shape=spec.observation_shape,
-        action_shape=spec.action_shape,
-        action_low=spec.action_low,
-        action_high=spec.action_high,
-    )
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
-    steps = flatten_episodes(dataset.episodes, spec.action_box)
+    steps = flatten_episodes(dataset.episodes, action_box)
     sampler = OfflineSampler(steps, cfg.model.context_len, cfg.optim.batch_size, seed=cfg.seed)
     learner = Learner(cfg.model, cfg.objective, replace(cfg.optim, seed=cfg.seed), device,
                       cfg.compute)
@@ -166,14 +137,14 @@ def critic_pretrain_loop(learner: Learner, sampler: OfflineSampler, updates: int
 
 
 def pretrain_critic(cfg, dataset: OfflineDataset, checkpoint: str | Path,
-                    logdir: str | Path) -> Path:
+                    logdir: str | Path, *, action_box: ActionBox) -> Path:
     """An `odt_td3` checkpoint from any pretrained one: the policy as it is (a Gaussian
-    head becomes the deterministic one) and a critic pretrained on `dataset` with
-    `cfg.objective.critic_pretrain_updates` critic-only updates.
+    head becomes the deterministic one) and a critic pretrained on `dataset` (actions
+    mapped to [-1, 1] by `action_box`) with `cfg.objective.critic_pretrain_updates`
+    critic-only updates.
 
     Writes `<logdir>/pretrain_critic/checkpoint.pt` and its TensorBoard events.
     """
-    from actors.envs import env_spec
     from learner.checkpoint import load_checkpoint
     from learner.finetune import learner_from_checkpoint
 
@@ -186,7 +157,7 @@ def pretrain_critic(cfg, dataset: OfflineDataset, checkpoint: str | Path,
     learner = learner_from_checkpoint(payload, cfg.objective, replace(cfg.optim, seed=cfg.seed),
                                       device)
     learner.reset_targets()
-    steps = flatten_episodes(dataset.episodes, env_spec(cfg.env.env_id).action_box)
+    steps = flatten_episodes(dataset.episodes, action_box)
     sampler = OfflineSampler(steps, cfg.model.context_len, cfg.optim.batch_size, seed=cfg.seed)
     role_dir = Path(logdir) / "pretrain_critic"
     writer = SummaryWriter(role_dir)
@@ -196,21 +167,6 @@ def pretrain_critic(cfg, dataset: OfflineDataset, checkpoint: str | Path,
     extra = {k: payload[k] for k in ("run_config", "dataset") if k in payload}
     return save_checkpoint(role_dir / "checkpoint.pt",
                            learner_payload(learner, updates=learner.step, **extra))
-
-
-def evaluate_on_env(model, cfg):
-    from actors.evaluate import evaluate
-
-    return evaluate(
-        model,
-        cfg.env.env_id,
-        episodes=cfg.eval.episodes,
-        target_return=cfg.eval.target_return,
-        context_len=cfg.eval.context_len,
-        seed=cfg.eval.seed,
-        task_id=cfg.env.task_id,
-        device=next(model.parameters()).device,
-    )
 
 
 if __name__ == "__main__":

@@ -16,11 +16,17 @@ import os
 import socket
 import struct
 import time
+from dataclasses import fields, is_dataclass
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
-from tensorboard.compat.proto import event_pb2, summary_pb2, tensor_pb2, tensor_shape_pb2
+from tensorboard.compat.proto import (
+    event_pb2,
+    summary_pb2,
+    tensor_pb2,
+    tensor_shape_pb2,
+)
 from tensorboard.plugins.text import metadata as text_metadata
 
 _CRC_TABLE = []
@@ -219,6 +225,19 @@ def read_text(logdir: str | os.PathLike) -> dict[str, str]:
                 if value.HasField("tensor") and value.tensor.string_val:
                     texts[value.tag] = value.tensor.string_val[0].decode()
     return texts
+
+
+def flatten(config, prefix: str = "") -> dict[str, object]:
+    """A (nested) dataclass config as dotted field paths -> values, for `markdown_table`."""
+    out: dict[str, object] = {}
+    for f in fields(config):
+        value = getattr(config, f.name)
+        key = f"{prefix}{f.name}"
+        if is_dataclass(value):
+            out.update(flatten(value, key + "."))
+        else:
+            out[key] = value
+    return out
 
 
 def markdown_table(rows: dict[str, object]) -> str:

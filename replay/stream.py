@@ -15,6 +15,10 @@ import numpy as np
 from replay._reverb import reverb, tf
 from replay.tables import EXPERIENCE_TABLE, ReplaySpec, stored_steps
 
+STREAM_ERRORS = (tf.errors.OpError, RuntimeError)
+"""What `window_batches` raises when the server stops answering or a sample times out
+(the rate limiter held it past its timeout); callers catch these without importing TF."""
+
 
 def window_batches(
     address: str,

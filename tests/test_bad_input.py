@@ -10,17 +10,14 @@ from __future__ import annotations
 import hashlib
 import subprocess
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 import h5py
 import numpy as np
 import portpicker
 import pytest
-from test_finetune import ENV, REPO, tiny_config
+from common import ENV, REPO
 
-from learner.config import ObjectiveConfig
-from learner.pretrain import pretrain
 from replay.datasets import load_dataset
 
 OBS_DIM, ACT_DIM = 4, 1  # InvertedPendulum-v4's spaces
@@ -95,15 +92,13 @@ def assert_refused(proc, path: Path, digest: str, message: str, *left_out: Path)
 
 
 @pytest.fixture(scope="module")
-def good(tmp_path_factory):
-    """(a good D4RL file, a tiny checkpoint pretrained on it)."""
-    root = tmp_path_factory.mktemp("good")
-    data = write_h5(root / "good.hdf5", d4rl_arrays())
-    cfg = replace(tiny_config(), objective=ObjectiveConfig(kind="odt"))
-    return data, pretrain(cfg, load_dataset(data), root / "pre").checkpoint
+def good(tiny_checkpoint, tmp_path_factory):
+    """(a good D4RL file, the session's tiny checkpoint)."""
+    return write_h5(tmp_path_factory.mktemp("good") / "good.hdf5", d4rl_arrays()), tiny_checkpoint
 
 
 @pytest.mark.parametrize("case", sorted(BAD))
+@pytest.mark.slow
 def test_pretrain_refuses_a_bad_dataset_before_making_the_run_directory(case, tmp_path):
     make, message = BAD[case]
     path = make(tmp_path)
@@ -114,6 +109,7 @@ def test_pretrain_refuses_a_bad_dataset_before_making_the_run_directory(case, tm
     assert_refused(proc, path, digest, message, logdir)
 
 
+@pytest.mark.slow
 def test_pretrain_with_the_dataset_fixed_then_succeeds_in_the_same_logdir(good, tmp_path):
     data, _ = good
     bad = with_nan(tmp_path)
@@ -127,6 +123,7 @@ def test_pretrain_with_the_dataset_fixed_then_succeeds_in_the_same_logdir(good, 
     assert (logdir / "pretrain" / "checkpoint.pt").is_file()
 
 
+@pytest.mark.slow
 def test_main_refuses_a_bad_dataset_then_runs_with_a_good_one(good, tmp_path):
     data, _ = good
     bad = truncated(tmp_path)
@@ -148,6 +145,7 @@ FINETUNE = ["--num_actors=1", "--envs_per_actor=2", "--eval_episodes=1",
             "--set=finetune.eval_every_env_steps=1000000"]
 
 
+@pytest.mark.slow
 def test_local_refuses_a_bad_preload_dataset_then_runs_with_a_good_one(good, tmp_path):
     data, checkpoint = good
     bad = another_env(tmp_path)
@@ -161,6 +159,7 @@ def test_local_refuses_a_bad_preload_dataset_then_runs_with_a_good_one(good, tmp
     assert "fine-tuned eval return" in proc.stdout
 
 
+@pytest.mark.slow
 def test_ray_refuses_a_bad_preload_dataset_before_anything_starts(good, tmp_path):
     _, checkpoint = good
     bad = random_bytes(tmp_path)
@@ -171,6 +170,7 @@ def test_ray_refuses_a_bad_preload_dataset_before_anything_starts(good, tmp_path
     assert_refused(proc, bad, digest, "not an HDF5 file", logdir)
 
 
+@pytest.mark.slow
 def test_node_replay_role_refuses_a_bad_preload_dataset(good, tmp_path):
     _, checkpoint = good
     bad = with_nan(tmp_path)
@@ -182,6 +182,7 @@ def test_node_replay_role_refuses_a_bad_preload_dataset(good, tmp_path):
     assert_refused(proc, bad, digest, "non-finite value (nan)", logdir)
 
 
+@pytest.mark.slow
 def test_collect_refuses_a_corrupt_policy_checkpoint_then_records_with_a_good_one(
         good, tmp_path):
     _, checkpoint = good

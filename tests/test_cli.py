@@ -57,6 +57,7 @@ def help_blocks(text: str) -> dict[str, str]:
 
 
 @pytest.mark.parametrize("module", sorted(ENTRY_POINTS))
+@pytest.mark.slow
 def test_help_lists_every_flag_the_entry_point_reads(module):
     proc = subprocess.run([sys.executable, "-m", module, "--help"], cwd=REPO,
                           capture_output=True, text=True, timeout=120, check=False)

@@ -19,7 +19,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_datasets import make_episodes, minari_kwargs
 
-from replay.datasets import DatasetError, OfflineDataset, load_dataset, write_d4rl, write_minari
+from replay.datasets import (
+    DatasetError,
+    OfflineDataset,
+    load_dataset,
+    write_d4rl,
+    write_minari,
+)
 
 HANG_S = 20
 SETTINGS = settings(max_examples=200, deadline=None, derandomize=True,

@@ -20,9 +20,9 @@ import torch.multiprocessing as mp
 
 from learner import distributed
 from learner.config import ObjectiveConfig, OptimConfig
+from learner.device import to_device
 from learner.finetune import data_parallel_finetune_loop
 from learner.learner import Learner
-from learner.pretrain import to_device
 from models import CriticConfig, ModelConfig
 
 S, A, K, B = 3, 2, 5, 4

@@ -11,29 +11,24 @@ from replay.tables import ReplaySpec, start_server
 import subprocess
 import sys
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import psutil
 import pytest
 import torch
+from common import ENV, REPO, tiny_config
 
 from actors.actor import Actor
-from actors.collect import collect
 from actors.context import BatchedPolicy
 from actors.envs import VectorEnv
 from launch.local import run_local
-from launch.presets import FinetuneConfig, PretrainConfig, get_preset
+from launch.pipeline import pretrain, pretrain_critic
 from learner.checkpoint import load_checkpoint
 from learner.config import ObjectiveConfig, OptimConfig
 from learner.finetune import learner_from_checkpoint
-from learner.pretrain import pretrain, pretrain_critic
 from learner.tensorboard import read_scalars
 from models import ModelConfig
 from replay.datasets import load_dataset
-
-ENV = "InvertedPendulum-v4"
-REPO = Path(__file__).resolve().parents[1]
 
 
 def role_processes(parent: psutil.Process) -> list[psutil.Process]:
@@ -42,28 +37,10 @@ def role_processes(parent: psutil.Process) -> list[psutil.Process]:
             if any("spawn_main" in part for part in p.cmdline())]
 
 
-def tiny_config(**finetune):
-    cfg = get_preset("quickstart")
-    return replace(
-        cfg,
-        model=replace(cfg.model, embed_dim=16, n_layer=1, n_head=1, ffn_dim=32),
-        optim=replace(cfg.optim, batch_size=16, warmup_steps=10),
-        pretrain=PretrainConfig(updates=20, log_every=10, eval_every=0, checkpoint_every=20),
-        eval=replace(cfg.eval, episodes=2),
-        replay=replace(cfg.replay, tolerance_steps=20),
-        finetune=FinetuneConfig(**{"env_steps": 300, "publish_every": 5, "log_every": 5,
-                                   "checkpoint_every": 50, "eval_every_env_steps": 150,
-                                   **finetune}),
-    )
-
-
 @pytest.fixture(scope="module")
-def pretrained(tmp_path_factory):
-    root = tmp_path_factory.mktemp("ft")
-    data, _ = collect(ENV, "random", root / "data", episodes=30, num_envs=10)
-    cfg = replace(tiny_config(), objective=ObjectiveConfig(kind="odt"))
-    result = pretrain(cfg, load_dataset(data), root / "pre")
-    return data, result.checkpoint, root
+def pretrained(random_dataset, tiny_checkpoint, tmp_path_factory):
+    """(dataset, checkpoint, a folder of this module's own)."""
+    return random_dataset, tiny_checkpoint, tmp_path_factory.mktemp("ft")
 
 
 @pytest.fixture(scope="module")
@@ -81,6 +58,7 @@ def local_runs(pretrained, tmp_path_factory):
 
 
 @pytest.mark.parametrize("kind", ["odt", "odt_td3"])
+@pytest.mark.slow
 def test_local_run_with_two_actors_finishes_and_logs(local_runs, kind):
     """Every role runs as its own process; the run stops at the budget, leaves no child
     behind, and its event files hold the evaluation, actor and loss tags."""
@@ -107,6 +85,7 @@ def test_local_run_with_two_actors_finishes_and_logs(local_runs, kind):
         assert samples <= env_steps * spi + tolerance + cfg.optim.batch_size * 4
 
 
+@pytest.mark.slow
 def test_weights_published_to_reverb_reach_an_actor_and_change_its_actions():
     spec = ReplaySpec(observation_shape=(4,), action_shape=(1,), context_len=5,
                       capacity_items=100, samples_per_insert=1.0, tolerance_steps=10)
@@ -200,6 +179,7 @@ def test_odt_td3_pretraining_syncs_targets_and_pretrains_the_critic(pretrained, 
     assert "critic_pretrain/loss" in read_scalars(tmp_path / "pretrain")
 
 
+@pytest.mark.slow
 def test_local_cli_refuses_a_missing_checkpoint(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "launch.local", "--checkpoint=/nope.pt",
                            f"--logdir={tmp_path / 'r'}"], cwd=REPO, capture_output=True,
@@ -208,6 +188,7 @@ def test_local_cli_refuses_a_missing_checkpoint(tmp_path):
     assert "--checkpoint=/nope.pt: no such file" in proc.stderr
 
 
+@pytest.mark.slow
 def test_report_cli_compares_runs(local_runs, tmp_path):
     """launch.report over the two objectives' runs: one PNG, one row per run."""
     dirs = ",".join(str(local_runs[k][1]) for k in ("odt", "odt_td3"))
@@ -221,6 +202,7 @@ def test_report_cli_compares_runs(local_runs, tmp_path):
     assert "| odt |" in table and "| odt_td3 |" in table
 
 
+@pytest.mark.slow
 def test_main_job_runs_collect_pretrain_finetune(tmp_path):
     """`make run`'s command end to end, tiny: every stage leaves its logs and a summary."""
     run = tmp_path / "main"

@@ -31,13 +31,9 @@ from pathlib import Path
 import psutil
 import pytest
 
-from actors.collect import collect
 from launch.node import stop_at_budget
-from launch.presets import FinetuneConfig, PretrainConfig, get_preset
 from launch.slurm import SlurmJob, sbatch_script, write_script
 from learner.checkpoint import load_checkpoint
-from learner.config import ObjectiveConfig
-from learner.pretrain import pretrain
 from learner.tensorboard import read_scalars
 from replay.datasets import load_dataset
 
@@ -52,26 +48,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def tiny_config():
-    """As tests/test_finetune.py: a model small enough to pretrain in seconds."""
-    cfg = get_preset("quickstart")
-    return replace(
-        cfg,
-        model=replace(cfg.model, embed_dim=16, n_layer=1, n_head=1, ffn_dim=32),
-        optim=replace(cfg.optim, batch_size=16, warmup_steps=10),
-        objective=ObjectiveConfig(kind="odt"),
-        pretrain=PretrainConfig(updates=20, log_every=10, eval_every=0, checkpoint_every=20),
-        eval=replace(cfg.eval, episodes=2),
-        finetune=FinetuneConfig(),
-    )
-
-
 @pytest.fixture(scope="module")
-def pretrained(tmp_path_factory):
-    root = tmp_path_factory.mktemp("multinode")
-    data, _ = collect(ENV, "random", root / "data", episodes=30, num_envs=10)
-    result = pretrain(tiny_config(), load_dataset(data), root / "pre")
-    return data, result.checkpoint
+def pretrained(random_dataset, tiny_checkpoint):
+    return random_dataset, tiny_checkpoint
 
 
 class Node:
@@ -117,6 +96,7 @@ def published_step(address: str) -> int | None:
     return step
 
 
+@pytest.mark.slow
 def test_every_role_runs_in_its_own_process_over_grpc(pretrained, tmp_path):
     """Replay, learner, actor and evaluator as four OS processes: the preload is read
     back from the server, episodes arrive, the learner publishes new weights, and
@@ -185,6 +165,7 @@ def test_every_role_runs_in_its_own_process_over_grpc(pretrained, tmp_path):
     assert (run / "config.json").is_file()
 
 
+@pytest.mark.slow
 def test_the_replay_role_takes_the_checkpoints_context_length(pretrained, tmp_path):
     """As in launch.local, the checkpoint defines the network: a preset whose context
     length differs still gets replay windows of the checkpoint's length."""
@@ -217,6 +198,7 @@ def reverb_specs(signature):
     return [signature]
 
 
+@pytest.mark.slow
 def test_a_role_without_a_replay_server_fails_naming_the_address(pretrained, tmp_path):
     _, checkpoint = pretrained
     address = f"127.0.0.1:{free_port()}"  # nothing listens there
@@ -229,6 +211,7 @@ def test_a_role_without_a_replay_server_fails_naming_the_address(pretrained, tmp
     assert "not answering" in proc.stderr  # the retries are logged
 
 
+@pytest.mark.slow
 def test_node_refuses_bad_flags(pretrained, tmp_path):
     _, checkpoint = pretrained
     cases = {
@@ -292,6 +275,7 @@ time.sleep(600)  # a role stuck where it never looks at `stop` (as in a blocked 
     # A second signal exits at once: with 300 s of grace, nothing else ends it first.
     (300.0, [signal.SIGTERM, signal.SIGINT], 128 + signal.SIGINT),
 ])
+@pytest.mark.slow
 def test_a_signal_is_seen_even_while_the_main_thread_is_stuck(grace_s, signals, code):
     proc = subprocess.Popen([sys.executable, "-c", STUCK_ROLE, str(grace_s)], cwd=REPO,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -330,6 +314,7 @@ def test_roles_stop_themselves_at_the_budget():
 # ---- SLURM -----------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_slurm_dry_run_prints_a_heterogeneous_job_and_writes_nothing(tmp_path):
     checkpoint = tmp_path / "ckpt.pt"
     checkpoint.write_bytes(b"")
@@ -357,6 +342,7 @@ def test_slurm_dry_run_prints_a_heterogeneous_job_and_writes_nothing(tmp_path):
     assert set(tmp_path.rglob("*")) == before  # no script, no run directory
 
 
+@pytest.mark.slow
 def test_slurm_forwards_set_overrides_to_every_node_command(tmp_path):
     checkpoint = tmp_path / "ckpt.pt"
     checkpoint.write_bytes(b"")
@@ -372,6 +358,7 @@ def test_slurm_forwards_set_overrides_to_every_node_command(tmp_path):
     assert "--set=finetune.log_every=7" in run_flags
 
 
+@pytest.mark.slow
 def test_slurm_script_forwards_overrides_and_is_written_once(tmp_path):
     job = SlurmJob(node_flags=("--preset=hopper-medium", "--objective=odt",
                                "--checkpoint=/runs/c.pt", "--logdir=/runs/ft"),

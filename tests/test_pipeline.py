@@ -25,10 +25,10 @@ import pytest
 from actors.collect import collect
 from actors.envs import VectorEnv
 from actors.evaluate import evaluate
+from launch.pipeline import pretrain
 from launch.presets import PretrainConfig, get_preset
 from learner.checkpoint import load_policy
 from learner.config import ObjectiveConfig
-from learner.pretrain import pretrain
 from learner.tensorboard import read_scalars, read_text
 from replay.datasets import load_dataset
 
@@ -108,6 +108,7 @@ def _get_json(url: str):
         return json.loads(response.read())
 
 
+@pytest.mark.slow
 def test_tensorboard_from_the_venv_serves_the_run(pretrained):
     """The `tensorboard` beside this interpreter (what `make tensorboard` and the printed
     command start) serves a finished run: eval/return and the config table come back
@@ -160,6 +161,7 @@ def test_checkpoint_round_trip_gives_identical_actions(pretrained):
     np.testing.assert_array_equal(first.lengths, again.lengths)
 
 
+@pytest.mark.slow
 def test_collect_cli_records_minari_with_provenance(tmp_path):
     out = tmp_path / "rand"
     proc = run_cli("-m", "actors.collect", f"--env_id={ENV}", "--policy=random",
@@ -174,6 +176,7 @@ def test_collect_cli_records_minari_with_provenance(tmp_path):
     assert all(ep.terminated != ep.truncated for ep in dataset.episodes)
 
 
+@pytest.mark.slow
 def test_collect_cli_writes_d4rl_file(tmp_path):
     out = tmp_path / "rand.hdf5"
     proc = run_cli("-m", "actors.collect", f"--env_id={ENV}", "--policy=scripted",
@@ -187,11 +190,12 @@ def test_collect_cli_writes_d4rl_file(tmp_path):
 def test_collect_from_checkpoint_with_noise(pretrained, tmp_path):
     _, _, result = pretrained
     path, episodes = collect(ENV, str(result.checkpoint), tmp_path / "ckpt", episodes=4,
-                             num_envs=4, noise=0.1)
+                             num_envs=4, noise=0.1, load_policy=load_policy)
     assert load_dataset(path).metadata["policy"].startswith("checkpoint:")
     assert len(episodes) == 4
 
 
+@pytest.mark.slow
 def test_pretrain_and_evaluate_cli(scripted_dataset, tmp_path):
     logdir = tmp_path / "run"
     proc = run_cli("-m", "learner.pretrain", f"--dataset={scripted_dataset}",
@@ -206,6 +210,7 @@ def test_pretrain_and_evaluate_cli(scripted_dataset, tmp_path):
     assert "return  mean" in proc.stdout
 
 
+@pytest.mark.slow
 def test_main_job_runs_the_offline_pipeline(tmp_path):
     logdir = tmp_path / "main"
     proc = run_cli("-m", "launch.main", "--preset=quickstart", f"--logdir={logdir}",
@@ -241,6 +246,7 @@ def test_main_job_runs_the_offline_pipeline(tmp_path):
         (["--critic_pretrain_updates=-1"], "objective.critic_pretrain_updates=-1 must be >= 0"),
     ],
 )
+@pytest.mark.slow
 def test_bad_input_exits_nonzero_with_a_clear_message(args, message, tmp_path):
     proc = run_cli("-m", "launch.main", f"--logdir={tmp_path / 'run'}", *args)
     assert proc.returncode == 2
@@ -249,6 +255,7 @@ def test_bad_input_exits_nonzero_with_a_clear_message(args, message, tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 def test_existing_run_directory_is_refused_and_kept(tmp_path):
     logdir = tmp_path / "run"
     logdir.mkdir()
@@ -259,6 +266,7 @@ def test_existing_run_directory_is_refused_and_kept(tmp_path):
     assert sorted(p.name for p in logdir.iterdir()) == ["keep.txt"]
 
 
+@pytest.mark.slow
 def test_dataset_that_does_not_match_the_env_is_refused_untouched(scripted_dataset, tmp_path):
     before = sha256(scripted_dataset)
     proc = run_cli("-m", "learner.pretrain", "--preset=hopper-medium",
@@ -268,6 +276,7 @@ def test_dataset_that_does_not_match_the_env_is_refused_untouched(scripted_datas
     assert sha256(scripted_dataset) == before
 
 
+@pytest.mark.slow
 def test_corrupt_checkpoint_is_refused(tmp_path):
     bad = tmp_path / "bad.pt"
     bad.write_bytes(np.random.default_rng(0).bytes(2000))

@@ -8,6 +8,7 @@ from dataclasses import replace
 
 import pytest
 import ray  # the [ray] extra, which `make test` installs
+from common import tiny_config
 from ray.cluster_utils import Cluster
 
 from launch.presets import ActorConfig
@@ -15,7 +16,6 @@ from launch.ray import run_ray
 from learner.checkpoint import load_checkpoint
 from learner.config import ObjectiveConfig
 from learner.tensorboard import read_scalars
-from tests.test_finetune import pretrained, tiny_config  # noqa: F401 (a fixture)
 
 
 @pytest.fixture(scope="module")
@@ -29,8 +29,10 @@ def cluster():
     cluster.shutdown()
 
 
-def test_actors_spread_over_nodes_and_a_killed_actor_is_restarted(cluster, pretrained, tmp_path):
-    data, checkpoint, _ = pretrained
+@pytest.mark.slow
+def test_actors_spread_over_nodes_and_a_killed_actor_is_restarted(
+        cluster, random_dataset, tiny_checkpoint, tmp_path):
+    data, checkpoint = random_dataset, tiny_checkpoint
     # A preset whose context length differs from the checkpoint's: the run takes the
     # checkpoint's network, as launch.local does.
     cfg = replace(tiny_config(env_steps=600), objective=ObjectiveConfig(kind="odt_td3"),

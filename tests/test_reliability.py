@@ -34,9 +34,8 @@ import numpy as np
 import psutil
 import pytest
 import torch
-from test_finetune import ENV, REPO, tiny_config
+from common import REPO, tiny_config
 
-from actors.collect import collect
 from bench.learner import random_batch
 from launch.flags import apply_setting
 from launch.presets import RunConfig, get_preset
@@ -44,9 +43,7 @@ from learner.checkpoint import load_checkpoint, save_checkpoint
 from learner.config import ObjectiveConfig
 from learner.finetune import finetune_loop, learner_from_checkpoint, save_learner
 from learner.learner import Learner, NonFiniteLoss
-from learner.pretrain import pretrain
 from learner.tensorboard import SummaryWriter, read_events, read_scalars
-from replay.datasets import load_dataset
 from replay.windows import flatten_episode
 
 
@@ -191,6 +188,7 @@ while True:
 """
 
 
+@pytest.mark.slow
 def test_kill_during_a_checkpoint_write_leaves_the_previous_one_loadable(tmp_path):
     path = tmp_path / "checkpoint.pt"
     proc = subprocess.Popen([sys.executable, "-c", _WRITER, str(path)], cwd=REPO,
@@ -272,11 +270,8 @@ _SETTINGS = [
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    root = tmp_path_factory.mktemp("rel")
-    data, _ = collect(ENV, "random", root / "data", episodes=20, num_envs=10)
-    cfg = replace(tiny_config(), objective=ObjectiveConfig(kind="odt"))
-    return pretrain(cfg, load_dataset(data), root / "pre").checkpoint
+def checkpoint(tiny_checkpoint):
+    return tiny_checkpoint
 
 
 def launch(checkpoint, run_dir, *args, resume=False):
@@ -321,6 +316,7 @@ def _event_files(role_dir):
     return sorted(Path(role_dir).glob("events.out.tfevents.*"))
 
 
+@pytest.mark.slow
 def test_a_killed_actor_is_restarted_and_logs_on_from_the_run(checkpoint, tmp_path):
     """A SIGKILLed actor is restarted by the launcher; the new process writes an event
     file of its own and logs episodes from the run's environment steps on, while the
@@ -357,6 +353,7 @@ def test_a_killed_actor_is_restarted_and_logs_on_from_the_run(checkpoint, tmp_pa
     assert steps and steps == sorted(steps)
 
 
+@pytest.mark.slow
 def test_a_killed_learner_stops_the_run_and_resume_restores_counters_and_replay(
         checkpoint, tmp_path):
     run_dir = tmp_path / "run"
@@ -413,6 +410,7 @@ def _file_identity(path):
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.slow
 def test_a_signal_stops_every_child_after_final_checkpoints(checkpoint, tmp_path, signum):
     """SIGINT (to the process group, as Ctrl-C) or SIGTERM (to the launcher) ends every
     child and the replay's ports, after the learner and the replay wrote final
@@ -455,6 +453,7 @@ def run_cli(*args):
                           capture_output=True, text=True, timeout=120, check=False)
 
 
+@pytest.mark.slow
 def test_resume_refuses_what_it_cannot_continue(checkpoint, tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -467,6 +466,7 @@ def test_resume_refuses_what_it_cannot_continue(checkpoint, tmp_path):
     assert list(empty.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_a_checkpoint_for_another_environment_is_refused_before_anything_starts(
         checkpoint, tmp_path):
     run_dir = tmp_path / "run"
@@ -478,6 +478,7 @@ def test_a_checkpoint_for_another_environment_is_refused_before_anything_starts(
     assert not run_dir.exists() and checkpoint.read_bytes() == before
 
 
+@pytest.mark.slow
 def test_an_existing_run_directory_is_refused_without_resume(checkpoint, tmp_path):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
