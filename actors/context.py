@@ -13,8 +13,9 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+from torch import nn
 
-from models import DecisionTransformer, SquashedGaussian
+from models import SquashedGaussian
 
 
 class ContextBuffer:
@@ -72,7 +73,7 @@ class BatchedPolicy:
 
     MODES = ("mean", "sample", "noisy")
 
-    def __init__(self, model: DecisionTransformer, mode: str = "mean", noise_std: float = 0.1,
+    def __init__(self, model: nn.Module, mode: str = "mean", noise_std: float = 0.1,
                  device: str | torch.device = "cpu", seed: int = 0):
         if mode not in self.MODES:
             raise ValueError(f"mode={mode!r} must be one of {self.MODES}")

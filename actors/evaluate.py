@@ -15,10 +15,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from torch import nn
 
 from actors.context import BatchedPolicy, ContextBuffer
 from actors.envs import VectorEnv
-from models import DecisionTransformer
 from replay.scores import normalized_score
 
 
@@ -60,7 +60,7 @@ def run_episodes(env: VectorEnv, policy, ctx: ContextBuffer, target_return: floa
 
 
 def evaluate(
-    model: DecisionTransformer,
+    model: nn.Module,
     env_id: str,
     *,
     episodes: int,

@@ -49,7 +49,7 @@ from actors.envs import VectorEnv, env_spec
 from bench import named
 from bench.learner import peak_rss_mib, rss_mib
 from launch.presets import get_preset
-from models import DecisionTransformer
+from models import build_model
 
 VARIANTS = {
     # name: (environments per inference batch, writes in a thread)
@@ -158,7 +158,7 @@ def main(argv: list[str] | None = None) -> None:
                              f"{model.cfg.state_dim} states / {model.cfg.act_dim} actions; "
                              f"{env_id} has {spec.state_dim} / {spec.act_dim}")
     else:
-        model = DecisionTransformer(replace(cfg.model, state_dim=spec.state_dim,
+        model = build_model(replace(cfg.model, state_dim=spec.state_dim,
                                             act_dim=spec.act_dim, policy=cfg.objective.policy))
     mode = "sample" if cfg.objective.kind == "odt" else "noisy"
     policy = BatchedPolicy(model.eval(), mode=mode, noise_std=cfg.actor.exploration_noise)

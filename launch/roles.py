@@ -294,14 +294,14 @@ def policy_from_checkpoint(cfg, checkpoint: str):
         load_checkpoint,
         model_config_from,
     )
-    from models import DecisionTransformer
+    from models import build_model
 
     payload = load_checkpoint(checkpoint)
     model_cfg = model_config_from(payload)
     from dataclasses import replace
 
     model_cfg = replace(model_cfg, policy=cfg.objective.policy)
-    model = DecisionTransformer(model_cfg)
+    model = build_model(model_cfg)
     model.load_state_dict(convert_policy_head(payload["learner"]["model"], model_cfg.policy))
     return model.eval()
 

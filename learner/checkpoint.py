@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from learner.config import ObjectiveConfig, OptimConfig
-from models import CriticConfig, DecisionTransformer, ModelConfig
+from models import CriticConfig, ModelConfig, build_model
 
 FORMAT = "onramp-checkpoint-1"
 
@@ -107,7 +107,7 @@ def load_policy(path: str | os.PathLike, device: str | torch.device = "cpu"):
     """The model of a checkpoint, in eval mode, and the checkpoint payload."""
     payload = load_checkpoint(path, map_location=device)
     cfg = model_config_from(payload)
-    model = DecisionTransformer(cfg)
+    model = build_model(cfg)
     try:
         model.load_state_dict(payload["learner"]["model"])
     except RuntimeError as exc:

@@ -23,10 +23,11 @@ from dataclasses import replace
 
 import torch
 from pytorch_optimizer import Lamb
+from torch import nn
 
 from learner import distributed, losses
 from learner.config import DEFAULT_COMPUTE, ComputeConfig, ObjectiveConfig, OptimConfig
-from models import DecisionTransformer, ModelConfig, TwinQ
+from models import ModelConfig, TwinQ, build_model
 
 
 def shifted_window(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -133,7 +134,7 @@ class Learner:
         fused = self.fused
         self.model_cfg = replace(model_cfg, policy=objective.policy)
         torch.manual_seed(optim.seed)
-        self.model = DecisionTransformer(self.model_cfg).to(self.device)
+        self.model = build_model(self.model_cfg).to(self.device)
         self.optimizer = Lamb(
             self.model.parameters(), lr=optim.lr, weight_decay=optim.weight_decay, eps=1e-8,
             foreach=True if fused else None,
@@ -177,7 +178,7 @@ class Learner:
         self.model_target = copy.deepcopy(self.model).requires_grad_(False).eval()
         self._encode_target = self._maybe_compile(self.model_target.encode)
 
-    def _policy(self, model: DecisionTransformer, encode, window: dict[str, torch.Tensor]):
+    def _policy(self, model: nn.Module, encode, window: dict[str, torch.Tensor]):
         """The action head's output at every position of `window`, in fp32.
 
         Under bf16 the transformer runs in autocast; its hidden states are cast back to

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.heads import DeterministicHead, SquashedGaussianHead
+from models.registry import MODELS, register_model
 
 POLICIES = ("gaussian", "deterministic")
 
@@ -54,9 +55,13 @@ class ModelConfig:
     log_std_max: float = 2.0
     return_scale: float = 0.001
     """Returns-to-go are multiplied by this before embedding (ODT MuJoCo: 0.001)."""
+    kind: str = "decision_transformer"
+    """The model's registry key (`models.registry`)."""
 
     def validate(self) -> list[str]:
         problems = []
+        if self.kind not in MODELS:
+            problems.append(f"model.kind={self.kind!r} must be one of {tuple(sorted(MODELS))}")
         for name in ("state_dim", "act_dim", "context_len", "embed_dim", "n_layer", "n_head"):
             if getattr(self, name) < 1:
                 problems.append(f"model.{name}={getattr(self, name)} must be >= 1")
@@ -144,6 +149,7 @@ def attention_mask(mask: torch.Tensor) -> torch.Tensor:
     return ((causal & key_ok[:, None, :]) | eye).unsqueeze(1)  # (B, 1, 3T, 3T)
 
 
+@register_model("decision_transformer")
 class DecisionTransformer(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()

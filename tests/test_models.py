@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
+from torch import nn
 from torch.distributions import Normal, TanhTransform, TransformedDistribution
 
 from models import (
+    MODELS,
     CriticConfig,
     DecisionTransformer,
     DeterministicAction,
     ModelConfig,
     SquashedGaussian,
     TwinQ,
+    build_model,
+    register_model,
 )
 from models.heads import SquashedGaussianHead
 
@@ -307,3 +313,32 @@ def test_flops_and_param_count_are_positive():
     model = tiny_model()
     assert model.num_params() == sum(p.numel() for p in model.parameters()) > 0
     assert model.flops_per_window() > 6 * model.num_params() * 3 * K
+
+
+# ---- registry ------------------------------------------------------------------------
+
+
+def test_models_are_built_by_registry_key():
+    cfg = tiny_config()
+    assert cfg.kind == "decision_transformer"
+    assert type(build_model(cfg)) is MODELS["decision_transformer"]
+    with pytest.raises(ValueError, match="model.kind='nope' is not a registered model; "
+                                         "registered: decision_transformer"):
+        build_model(replace(cfg, kind="nope"))
+    assert any("model.kind='nope'" in p for p in replace(cfg, kind="nope").validate())
+
+
+def test_a_registered_model_is_built_from_its_key():
+    class Constant(nn.Module):
+        def __init__(self, cfg):
+            super().__init__()
+            self.cfg = cfg
+
+    try:
+        register_model("constant")(Constant)
+        model = build_model(replace(tiny_config(), kind="constant"))
+        assert isinstance(model, Constant) and model.cfg.kind == "constant"
+        with pytest.raises(ValueError, match="already registered to Constant"):
+            register_model("constant")(type("Other", (nn.Module,), {}))
+    finally:
+        MODELS.pop("constant", None)
