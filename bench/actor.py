@@ -49,6 +49,7 @@ from actors.envs import VectorEnv, env_spec
 from bench import named
 from bench.learner import peak_rss_mib, rss_mib
 from launch.presets import get_preset
+from learner.objectives import get_objective
 from models import build_model
 
 VARIANTS = {
@@ -160,7 +161,7 @@ def main(argv: list[str] | None = None) -> None:
     else:
         model = build_model(replace(cfg.model, state_dim=spec.state_dim,
                                             act_dim=spec.act_dim, policy=cfg.objective.policy))
-    mode = "sample" if cfg.objective.kind == "odt" else "noisy"
+    mode = get_objective(cfg.objective.kind).exploration
     policy = BatchedPolicy(model.eval(), mode=mode, noise_std=cfg.actor.exploration_noise)
     replay_spec = unlimited_spec(spec.observation_shape, spec.action_shape,
                                  cfg.model.context_len)

@@ -45,6 +45,7 @@ from launch.presets import get_preset
 from learner.checkpoint import load_checkpoint
 from learner.device import to_device
 from learner.finetune import learner_from_checkpoint
+from learner.objectives import get_objective
 from learner.tensorboard import read_scalars
 from replay.offline import OfflineSampler, flatten_episodes, top_episodes
 from replay.windows import concatenate, flatten_episode
@@ -101,7 +102,7 @@ def serial(cfg, checkpoint, preload) -> dict:
     device = torch.device("cpu")
     learner = learner_from_checkpoint(load_checkpoint(checkpoint), cfg.objective, cfg.optim,
                                       device)
-    mode = "sample" if cfg.objective.kind == "odt" else "noisy"
+    mode = get_objective(cfg.objective.kind).exploration
     policy = BatchedPolicy(learner.model, mode=mode, noise_std=cfg.actor.exploration_noise,
                            seed=cfg.seed)
     env = VectorEnv(cfg.env.env_id, 1, cfg.seed * 10_000 + 100)

@@ -42,12 +42,12 @@ import torch
 from bench import named
 from learner.config import (
     EAGER_FP32,
-    OBJECTIVES,
     ComputeConfig,
     ObjectiveConfig,
     OptimConfig,
 )
 from learner.learner import Learner
+from learner.objectives import OBJECTIVES
 from models import ModelConfig
 
 CONFIGS = {

@@ -25,7 +25,8 @@ flags.DEFINE_string("seeds", "0,1,2", "Comma-separated seeds.")
 flags.DEFINE_integer("env_steps", None, "Online budget per run; default: the preset's.")
 flags.DEFINE_string("out", "runs/learning", "Folder for the runs (must not exist).")
 flags.DEFINE_string("preset", "quickstart", "Preset.")
-flags.DEFINE_list("objectives", ["odt", "odt_td3"], "Objectives to fine-tune with.")
+flags.DEFINE_list("objectives", ["odt", "odt_td3"],
+                  "Objectives to fine-tune with (keys of learner.objectives.OBJECTIVES).")
 flags.DEFINE_multi_string("set", [], "Config override, dotted field=value, "
                           "e.g. --set=objective.rl_coeff=0.5; repeatable.")
 
@@ -36,8 +37,13 @@ def main(argv) -> None:
     from launch.local import run_local
     from launch.pipeline import obtain_dataset, pretrain, pretrain_critic, save_config
     from launch.presets import get_preset
+    from learner.objectives import OBJECTIVES, get_objective
 
     FLAGS = flags.FLAGS
+    unknown = [kind for kind in FLAGS.objectives if kind not in OBJECTIVES]
+    if unknown:
+        raise ValueError(f"--objectives: unknown {', '.join(unknown)}; "
+                         f"registered: {', '.join(OBJECTIVES)}")
     out = Path(FLAGS.out)
     if out.exists():
         raise FileExistsError(f"--out={out} already exists")
@@ -63,7 +69,7 @@ def main(argv) -> None:
             save_config(run_dir, run_cfg)
             start = time.perf_counter()
             checkpoint = pre.checkpoint
-            if kind == "odt_td3" and run_cfg.objective.critic_pretrain_updates:
+            if get_objective(kind).uses_critic and run_cfg.objective.critic_pretrain_updates:
                 checkpoint = pretrain_critic(run_cfg, dataset, checkpoint, run_dir)
             summary = run_local(run_cfg, checkpoint, run_dir, dataset_path=dataset.source,
                                 status=False)

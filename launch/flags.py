@@ -88,8 +88,10 @@ def define_config_flags(*, pretrain: bool) -> None:
     flags.DEFINE_string("dataset", None, "D4RL HDF5 file or Minari folder; default: the preset's.")
     flags.DEFINE_integer("seed", None, "Seed for training and collection; default: the preset's.")
     flags.DEFINE_string("device", None, "'auto', 'cpu' or 'cuda[:i]'; default: the preset's.")
-    flags.DEFINE_enum("objective", None, ["odt", "odt_td3"],
-                      "Learning objective; default: the preset's.")
+    from learner.objectives import OBJECTIVES
+
+    flags.DEFINE_enum("objective", None, list(OBJECTIVES),
+                      "Learning objective (learner.objectives); default: the preset's.")
     flags.DEFINE_integer("eval_episodes", None, "Evaluation episodes; default: the preset's.")
     flags.DEFINE_multi_string("set", [], "Override any config field: --set=finetune.log_every=10 "
                               "(repeatable; dotted path as in the run's config.json).")

@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from learner.objectives import get_objective
 from learner.tensorboard import SummaryWriter, markdown_table
 from replay.windows import ActionBox
 
@@ -335,7 +336,7 @@ def actor_role(actor_id: int, cfg, paths: RunPaths, address: str, spec: ReplaySp
     seed = (cfg.seed * 10_000 + 100 + actor_id * cfg.actor.envs_per_actor
             + incarnation * 1_000_003)
     model = policy_from_checkpoint(cfg, paths.checkpoint)
-    mode = "sample" if cfg.objective.kind == "odt" else "noisy"
+    mode = get_objective(cfg.objective.kind).exploration
     policy = BatchedPolicy(model, mode=mode, noise_std=cfg.actor.exploration_noise, seed=seed)
     env = VectorEnv(cfg.env.env_id, cfg.actor.envs_per_actor, seed,
                     cfg.actor.env_batch_size or None)

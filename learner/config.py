@@ -8,7 +8,6 @@ import torch
 
 from models import CriticConfig
 
-OBJECTIVES = ("odt", "odt_td3")
 PRECISIONS = ("auto", "fp32", "bf16")
 SWITCHES = ("auto", "on", "off")
 
@@ -16,7 +15,9 @@ SWITCHES = ("auto", "on", "off")
 @dataclass(frozen=True)
 class ObjectiveConfig:
     kind: str = "odt"
-    """'odt' (max-entropy sequence NLL) or 'odt_td3' (supervised + TD3 critic gradient)."""
+    """The objective's registry key (`learner.objectives`): 'odt' (max-entropy sequence
+    NLL), 'odt_td3' (supervised + TD3 critic gradient) or 'rcbc' (return-conditioned
+    behaviour cloning, MSE)."""
 
     # ODT (Zheng et al. 2022, Sec. 4).
     init_temperature: float = 0.1
@@ -51,13 +52,17 @@ class ObjectiveConfig:
 
     @property
     def policy(self) -> str:
-        """The action head this objective trains."""
-        return "gaussian" if self.kind == "odt" else "deterministic"
+        """The action head this objective trains (its registry entry's `head`)."""
+        from learner.objectives import get_objective
+
+        return get_objective(self.kind).head
 
     def validate(self) -> list[str]:
+        from learner.objectives import OBJECTIVES
+
         problems = []
         if self.kind not in OBJECTIVES:
-            problems.append(f"objective.kind={self.kind!r} must be one of {OBJECTIVES}")
+            problems.append(f"objective.kind={self.kind!r} must be one of {tuple(OBJECTIVES)}")
         if self.init_temperature <= 0:
             problems.append(f"objective.init_temperature={self.init_temperature} must be > 0")
         if not 0.0 <= self.gamma <= 1.0:

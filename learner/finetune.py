@@ -33,8 +33,8 @@ from learner.checkpoint import (
     save_checkpoint,
 )
 from learner.config import DEFAULT_COMPUTE, ComputeConfig
-from learner.learner import Learner, NonFiniteGuard
 from learner.device import to_device
+from learner.learner import Learner, NonFiniteGuard
 from learner.tensorboard import NullWriter
 
 

@@ -1,5 +1,10 @@
 """The update step: one function of a batch of windows, objective chosen by config.
 
+The `Learner` holds the transformer, its LAMB optimizer and warm-up schedule, the
+entropy temperature, the step counters and the NaN/inf guard; the objective named by
+`objective.kind` (`learner.objectives`) owns the update rule and whatever else it
+trains (ODT+TD3's critic and target copies).
+
 Pretraining and fine-tuning use the same `Learner`; only the source of batches
 differs (an in-memory offline sampler, or the Reverb dataset). No threads, queues
 or signals here.
@@ -17,7 +22,6 @@ gradients are averaged across ranks inside `update`, so the ranks stay identical
 
 from __future__ import annotations
 
-import copy
 import math
 from dataclasses import replace
 
@@ -25,28 +29,10 @@ import torch
 from pytorch_optimizer import Lamb
 from torch import nn
 
-from learner import distributed, losses
+from learner import distributed
 from learner.config import DEFAULT_COMPUTE, ComputeConfig, ObjectiveConfig, OptimConfig
-from models import ModelConfig, TwinQ, build_model
-
-
-def shifted_window(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The window one step later, for TD targets: position i holds step t_i + 1.
-
-    next states are the stored next observations; actions move left by one (the last
-    action is never seen by the last state token, so zeros are fine); the
-    return-to-go of the next step is rtg - r; the mask stays the same.
-    """
-    actions = torch.cat(
-        (batch["actions"][:, 1:], torch.zeros_like(batch["actions"][:, :1])), dim=1
-    )
-    return {
-        "observations": batch["next_observations"],
-        "actions": actions,
-        "returns_to_go": batch["returns_to_go"] - batch["rewards"],
-        "timesteps": batch["timesteps"] + 1,
-        "mask": batch["mask"],
-    }
+from learner.objectives import get_objective
+from models import ModelConfig, build_model
 
 
 class NonFiniteLoss(RuntimeError):
@@ -83,19 +69,8 @@ class NonFiniteGuard:
         return True
 
 
-class _NonFinite(Exception):
+class NonFiniteUpdate(Exception):
     """A loss or gradient norm is NaN or inf: the update is skipped."""
-
-
-def _require_finite(value: torch.Tensor) -> None:
-    """Raise _NonFinite unless `value` is finite on every rank (ranks skip together)."""
-    if not distributed.all_agree(bool(torch.isfinite(value))):
-        raise _NonFinite
-
-
-@torch.no_grad()
-def ema_update(target: torch.nn.Module, source: torch.nn.Module, tau: float) -> None:
-    torch._foreach_lerp_(list(target.parameters()), list(source.parameters()), tau)
 
 
 class Learner:
@@ -132,7 +107,8 @@ class Learner:
         self.compute = compute
         self.bf16, self.compiled, self.fused = compute.resolve(self.device)
         fused = self.fused
-        self.model_cfg = replace(model_cfg, policy=objective.policy)
+        rule = get_objective(objective.kind)
+        self.model_cfg = replace(model_cfg, policy=rule.head)
         torch.manual_seed(optim.seed)
         self.model = build_model(self.model_cfg).to(self.device)
         self.optimizer = Lamb(
@@ -156,29 +132,21 @@ class Learner:
             if objective.target_entropy is not None
             else -float(self.model_cfg.act_dim)
         )
+        # The encoder the update calls: the module's own, or a compiled view of it that
+        # shares its parameters (state_dict, checkpoints and EMA see the plain module).
+        self.encode = self.maybe_compile(self.model.encode)
         self.critic = self.critic_target = self.model_target = self.critic_optimizer = None
-        if objective.kind == "odt_td3":
-            self.critic = TwinQ(self.model_cfg.state_dim, self.model_cfg.act_dim, objective.critic)
-            self.critic.to(self.device)
-            self.critic_optimizer = torch.optim.AdamW(
-                self.critic.parameters(), lr=objective.critic_lr, fused=fused or None
-            )
-            self._reset_targets()
-        # The encoders the update calls: the modules' own, or compiled views of them that
-        # share their parameters (state_dict, checkpoints and EMA see the plain modules).
-        self._encode = self._maybe_compile(self.model.encode)
+        self.rule = rule(self)
+        """The objective's update rule (`learner.objectives`); it may add a critic and
+        target copies to this learner."""
         self.step = 0  # batches consumed (one critic update each under odt_td3)
         self.skipped = 0  # updates skipped for a NaN or inf loss or gradient norm
 
-    def _maybe_compile(self, fn):
+    def maybe_compile(self, fn):
+        """`fn` through torch.compile when the compute path compiles, else `fn`."""
         return torch.compile(fn) if self.compiled else fn
 
-    def _reset_targets(self) -> None:
-        self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
-        self.model_target = copy.deepcopy(self.model).requires_grad_(False).eval()
-        self._encode_target = self._maybe_compile(self.model_target.encode)
-
-    def _policy(self, model: nn.Module, encode, window: dict[str, torch.Tensor]):
+    def policy(self, model: nn.Module, encode, window: dict[str, torch.Tensor]):
         """The action head's output at every position of `window`, in fp32.
 
         Under bf16 the transformer runs in autocast; its hidden states are cast back to
@@ -189,11 +157,16 @@ class Learner:
                        window["timesteps"], window["mask"])
         return model.action_head(h.float())
 
+    @staticmethod
+    def require_finite(value: torch.Tensor) -> None:
+        """Raise NonFiniteUpdate unless `value` is finite on every rank (ranks skip
+        together). One device-to-host read."""
+        if not distributed.all_agree(bool(torch.isfinite(value))):
+            raise NonFiniteUpdate
+
     def set_state_normalization(self, mean, std) -> None:
         self.model.set_state_normalization(mean, std)
-        if self.critic is not None:
-            self.critic.set_state_normalization(mean, std)
-            self._reset_targets()
+        self.rule.set_state_normalization(mean, std)
 
     def broadcast_parameters(self, src: int = 0) -> None:
         """Give every rank rank `src`'s weights: the transformer, the critic, both targets
@@ -224,13 +197,8 @@ class Learner:
         """
         self.model.train()
         try:
-            if self.objective.kind == "odt":
-                metrics = self._odt_update(batch)
-            elif rl:
-                metrics = self._td3_update(batch)
-            else:
-                metrics = self._actor_step(batch, rl=False)
-        except _NonFinite:
+            metrics = self.rule.update(batch, rl)
+        except NonFiniteUpdate:
             for optimizer in (self.optimizer, self.temperature_optimizer, self.critic_optimizer):
                 if optimizer is not None:
                     optimizer.zero_grad(set_to_none=True)
@@ -239,116 +207,36 @@ class Learner:
         self.step += 1
         return metrics
 
-    def _transformer_step(self, loss: torch.Tensor) -> torch.Tensor:
-        _require_finite(loss)
+    def transformer_step(self, loss: torch.Tensor) -> torch.Tensor:
+        """Backward `loss`, average the gradients over ranks, clip them, step LAMB and the
+        warm-up schedule; returns the gradient norm before clipping."""
+        self.require_finite(loss)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         distributed.average_gradients(self.model.parameters())
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.optim.grad_clip)
-        _require_finite(grad_norm)
+        self.require_finite(grad_norm)
         self.optimizer.step()
         self.scheduler.step()
         return grad_norm.detach()
 
-    def _odt_update(self, batch):
-        dist = self._policy(self.model, self._encode, batch)
-        out = losses.odt_loss(
-            dist,
-            batch["actions"],
-            batch["mask"],
-            self.log_temperature,
-            self.target_entropy,
-            self.objective.mask_entropy,
-        )
-        _require_finite(out.temperature_loss)
-        grad_norm = self._transformer_step(out.loss)
-        self.temperature_optimizer.zero_grad(set_to_none=True)
-        out.temperature_loss.backward()
-        distributed.average_gradients([self.log_temperature])
-        self.temperature_optimizer.step()
-        return {
-            "loss/total": out.loss.detach(),
-            "loss/nll": out.nll,
-            "loss/entropy": out.entropy,
-            "policy/entropy": out.entropy,
-            "policy/temperature": self.temperature,
-            "loss/grad_norm": grad_norm,
-        }
-
     def critic_update(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """One TD3 critic update with the transformer frozen, then the target critic's EMA.
-
-        Critic pretraining on offline windows before fine-tuning: the critic learns the
-        value of the pretrained policy (the target transformer picks the next actions),
-        so the actor's first RL gradients come from a fitted critic. Not a learner step.
+        """One critic-only update of an objective with a critic (`ODTTD3.critic_update`):
+        critic pretraining on offline windows, the transformer frozen. Not a learner step.
         """
-        if self.critic is None:
-            raise ValueError(f"critic_update needs objective.kind='odt_td3', not "
+        if not self.rule.uses_critic:
+            raise ValueError(f"critic_update needs an objective with a critic (odt_td3), not "
                              f"{self.objective.kind!r}")
         try:
-            metrics = self._critic_step(batch)
-        except _NonFinite:
+            return self.rule.critic_update(batch)
+        except NonFiniteUpdate:
             self.critic_optimizer.zero_grad(set_to_none=True)
             self.skipped += 1
             return {"loss/nonfinite": torch.ones(())}
-        ema_update(self.critic_target, self.critic, self.objective.tau)
-        return metrics
 
     def reset_targets(self) -> None:
         """Target transformer and critic := the online ones (after offline pretraining)."""
-        self._reset_targets()
-
-    def _critic_step(self, batch):
-        obj = self.objective
-        with torch.no_grad():
-            next_action = self._policy(
-                self.model_target, self._encode_target, shifted_window(batch)
-            ).mode
-            next_action = losses.target_policy_noise(next_action, obj.policy_noise, obj.noise_clip)
-            next_q1, next_q2 = self.critic_target(batch["next_observations"], next_action)
-            target = losses.td_target(
-                next_q1, next_q2, batch["rewards"], batch["terminated"], obj.gamma
-            )
-        q1, q2 = self.critic(batch["observations"], batch["actions"])
-        critic_loss = losses.critic_loss(q1, q2, target, batch["mask"])
-        _require_finite(critic_loss)
-        self.critic_optimizer.zero_grad(set_to_none=True)
-        critic_loss.backward()
-        distributed.average_gradients(self.critic.parameters())
-        self.critic_optimizer.step()
-        return {
-            "loss/critic": critic_loss.detach(),
-            "policy/q": losses.masked_mean(q1.detach(), batch["mask"]),
-        }
-
-    def _td3_update(self, batch):
-        obj = self.objective
-        metrics = self._critic_step(batch)
-        if (self.step + 1) % obj.actor_update_interval == 0:
-            metrics.update(self._actor_step(batch, rl=True))
-            ema_update(self.critic_target, self.critic, obj.tau)
-            ema_update(self.model_target, self.model, obj.tau)
-        return metrics
-
-    def _actor_step(self, batch, rl: bool):
-        action = self._policy(self.model, self._encode, batch)
-        supervised = losses.supervised_mse(action, batch["actions"], batch["mask"])
-        loss = supervised
-        metrics = {"loss/supervised": supervised.detach()}
-        if rl:
-            # The critic is not updated here; its parameters only pass the gradient through.
-            q = self.critic.first(batch["observations"], action.action)
-            rl_loss = losses.actor_rl_loss(q, batch["mask"])
-            coeff = self.objective.rl_coeff
-            if self.objective.normalize_q:
-                # TD3+BC's lambda = alpha / mean|Q|: the RL term's weight does not depend
-                # on the reward scale or on how far the critic's values have grown.
-                coeff = coeff / losses.masked_mean(q.detach().abs(), batch["mask"]).clamp_min(1e-3)
-            loss = supervised + coeff * rl_loss
-            metrics["loss/actor_rl"] = rl_loss.detach()
-        metrics["loss/total"] = loss.detach()
-        metrics["loss/grad_norm"] = self._transformer_step(loss)
-        return metrics
+        self.rule.reset_targets()
 
     # ---- persistence -------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -395,5 +283,4 @@ class Learner:
                 self.critic_optimizer.load_state_dict(state["critic_optimizer"])
             else:
                 # Starting ODT+TD3 from a checkpoint without a critic (e.g. pretrained).
-                self.critic.set_state_normalization(self.model.state_mean, self.model.state_std)
-                self._reset_targets()
+                self.rule.set_state_normalization(self.model.state_mean, self.model.state_std)

@@ -102,12 +102,9 @@ def pretrain(cfg, dataset: OfflineDataset, logdir: str | Path, *, action_box: Ac
     elapsed = time.perf_counter() - start
     if bar is not None:
         bar.close()
-    if learner.critic is not None:
-        # The targets were copied from the untrained networks; TD targets must use the
-        # pretrained transformer.
-        learner.reset_targets()
-        critic_pretrain_loop(learner, sampler, cfg.objective.critic_pretrain_updates, device,
-                             writer, cfg.pretrain.log_every)
+    # What the objective does once the supervised part is done (ODT+TD3: fit the critic).
+    learner.rule.after_pretraining(lambda: to_device(sampler.sample(), device), writer,
+                                   cfg.pretrain.log_every)
     save_checkpoint(checkpoint, learner_payload(learner, updates=learner.step, **extra))
     writer.close()
     return PretrainResult(
@@ -118,22 +115,6 @@ def pretrain(cfg, dataset: OfflineDataset, logdir: str | Path, *, action_box: Ac
         eval_normalized=None if last_eval is None else last_eval.normalized_score,
         metrics=metrics,
     )
-
-
-def critic_pretrain_loop(learner: Learner, sampler: OfflineSampler, updates: int,
-                         device: torch.device, writer, log_every: int) -> dict[str, float]:
-    """`updates` critic-only updates (`Learner.critic_update`) on offline windows.
-
-    Logs critic_pretrain/{loss,q} against the critic update count.
-    """
-    metrics: dict[str, float] = {}
-    for update in range(1, updates + 1):
-        out = learner.critic_update(to_device(sampler.sample(), device))
-        if update % log_every == 0 or update == updates:
-            metrics = {"critic_pretrain/loss": float(out["loss/critic"]),
-                       "critic_pretrain/q": float(out["policy/q"])}
-            writer.scalars(metrics, update)
-    return metrics
 
 
 def pretrain_critic(cfg, dataset: OfflineDataset, checkpoint: str | Path,
@@ -147,10 +128,11 @@ def pretrain_critic(cfg, dataset: OfflineDataset, checkpoint: str | Path,
     """
     from learner.checkpoint import load_checkpoint
     from learner.finetune import learner_from_checkpoint
+    from learner.objectives import get_objective
 
-    if cfg.objective.kind != "odt_td3":
-        raise ValueError(f"pretrain_critic needs objective.kind='odt_td3', not "
-                         f"{cfg.objective.kind!r}")
+    if not get_objective(cfg.objective.kind).uses_critic:
+        raise ValueError(f"pretrain_critic needs an objective with a critic (odt_td3), not "
+                         f"objective.kind={cfg.objective.kind!r}")
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
     payload = load_checkpoint(checkpoint, map_location=device)
@@ -161,8 +143,9 @@ def pretrain_critic(cfg, dataset: OfflineDataset, checkpoint: str | Path,
     sampler = OfflineSampler(steps, cfg.model.context_len, cfg.optim.batch_size, seed=cfg.seed)
     role_dir = Path(logdir) / "pretrain_critic"
     writer = SummaryWriter(role_dir)
-    critic_pretrain_loop(learner, sampler, cfg.objective.critic_pretrain_updates, device,
-                         writer, cfg.pretrain.log_every)
+    learner.rule.pretrain_critic(lambda: to_device(sampler.sample(), device),
+                                 cfg.objective.critic_pretrain_updates, writer,
+                                 cfg.pretrain.log_every)
     writer.close()
     extra = {k: payload[k] for k in ("run_config", "dataset") if k in payload}
     return save_checkpoint(role_dir / "checkpoint.pt",

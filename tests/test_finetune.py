@@ -26,6 +26,7 @@ from launch.pipeline import pretrain, pretrain_critic
 from learner.checkpoint import load_checkpoint
 from learner.config import ObjectiveConfig, OptimConfig
 from learner.finetune import learner_from_checkpoint
+from learner.objectives import OBJECTIVES
 from learner.tensorboard import read_scalars
 from models import ModelConfig
 from replay.datasets import load_dataset
@@ -49,7 +50,7 @@ def local_runs(pretrained, tmp_path_factory):
     data, checkpoint, _ = pretrained
     me = psutil.Process()
     runs = {}
-    for kind in ("odt", "odt_td3"):
+    for kind in OBJECTIVES:
         cfg = replace(tiny_config(), objective=ObjectiveConfig(kind=kind))
         run_dir = tmp_path_factory.mktemp(kind)
         summary = run_local(cfg, checkpoint, run_dir, dataset_path=str(data), status=False)
@@ -57,7 +58,7 @@ def local_runs(pretrained, tmp_path_factory):
     return runs
 
 
-@pytest.mark.parametrize("kind", ["odt", "odt_td3"])
+@pytest.mark.parametrize("kind", list(OBJECTIVES))
 @pytest.mark.slow
 def test_local_run_with_two_actors_finishes_and_logs(local_runs, kind):
     """Every role runs as its own process; the run stops at the budget, leaves no child
@@ -74,7 +75,7 @@ def test_local_run_with_two_actors_finishes_and_logs(local_runs, kind):
     for i in range(2):
         assert "actor/episode_return" in read_scalars(tmp_path / f"actor_{i}")
     learner = read_scalars(tmp_path / "learner")
-    loss_tags = {"odt": "loss/nll", "odt_td3": "loss/critic"}[kind]
+    loss_tags = {"odt": "loss/nll", "odt_td3": "loss/critic", "rcbc": "loss/supervised"}[kind]
     for tag in (loss_tags, "throughput/updates_per_s", "throughput/sample_wait_fraction",
                 "replay/size", "replay/env_steps"):
         assert tag in learner, tag
@@ -129,13 +130,14 @@ def test_weights_published_to_reverb_reach_an_actor_and_change_its_actions():
         server.stop()
 
 
-def test_odt_checkpoint_starts_odt_td3_with_its_policy(pretrained):
-    """A Gaussian checkpoint starts ODT+TD3: tanh(mu) becomes the deterministic action,
-    the update counter and the warm-up position carry over."""
+@pytest.mark.parametrize("kind", ["odt_td3", "rcbc"])
+def test_odt_checkpoint_starts_a_deterministic_objective_with_its_policy(pretrained, kind):
+    """A Gaussian checkpoint starts ODT+TD3 or return-conditioned BC: tanh(mu) becomes the
+    deterministic action, the update counter and the warm-up position carry over."""
     _, checkpoint, _ = pretrained
     payload = load_checkpoint(checkpoint)
     optim = OptimConfig(lr=1e-3, warmup_steps=100, batch_size=16)
-    learner = learner_from_checkpoint(payload, ObjectiveConfig(kind="odt_td3"), optim, "cpu")
+    learner = learner_from_checkpoint(payload, ObjectiveConfig(kind=kind), optim, "cpu")
     assert learner.step == payload["learner"]["step"] == 20
     assert learner.optimizer.param_groups[0]["lr"] == pytest.approx(1e-3 * 21 / 100)
     gaussian = learner_from_checkpoint(payload, ObjectiveConfig(kind="odt"), optim, "cpu")

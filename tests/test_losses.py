@@ -1,4 +1,4 @@
-"""Tests for learner.losses and learner.learner.shifted_window against slow loops."""
+"""Tests for learner.losses and ODT+TD3's shifted_window against slow loops."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from learner import losses
-from learner.learner import shifted_window
+from learner.objectives.odt_td3 import shifted_window
 from models import SquashedGaussian
 from replay.windows import concatenate, flatten_episode, gather_windows
 

@@ -1,0 +1,58 @@
+"""The interface every objective implements: an update rule on a `Learner`'s networks."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+
+Metrics = dict[str, torch.Tensor]
+
+
+class Objective:
+    """How a learner turns a batch of windows into an update, and what that needs.
+
+    A subclass sets the class attributes and implements `update`; its `__init__` may
+    add the parts it trains besides the transformer to the learner (a critic and its
+    target copies, say), which then travel with the learner's checkpoints. Its losses
+    are pure functions in `learner.losses`.
+
+        class MyObjective(Objective):
+            kind = "mine"                 # the registry key, as in objective.kind
+            head = "deterministic"        # the action head the model needs
+            exploration = "noisy"         # how actors act (actors.context.BatchedPolicy)
+
+            def update(self, batch, rl):
+                action = self.learner.policy(self.learner.model, self.learner.encode, batch)
+                loss = ...
+                return {"loss/total": loss.detach(),
+                        "loss/grad_norm": self.learner.transformer_step(loss)}
+    """
+
+    kind: ClassVar[str]
+    """The registry key (`learner.objectives.OBJECTIVES`), stored as objective.kind."""
+    head: ClassVar[str]
+    """The action head it trains: 'gaussian' or 'deterministic' (models.heads)."""
+    exploration: ClassVar[str]
+    """Actors' action rule: 'sample' (from the policy) or 'noisy' (mode plus Gaussian
+    noise of actor.exploration_noise)."""
+    uses_critic: ClassVar[bool] = False
+    """It trains a critic, which pretraining fits offline (`after_pretraining`)."""
+
+    def __init__(self, learner):
+        """`learner` is the `learner.learner.Learner` whose networks this rule updates."""
+        self.learner = learner
+
+    def update(self, batch: dict[str, torch.Tensor], rl: bool) -> Metrics:
+        """One update on `batch`; `rl=False` is its supervised part alone (pretraining).
+
+        Raises `learner.learner.NonFiniteUpdate` (through `Learner.require_finite`)
+        to have the update skipped."""
+        raise NotImplementedError
+
+    def after_pretraining(self, sample, writer, log_every: int) -> None:
+        """Called once supervised pretraining is done, with the offline batch source
+        (`sample()` gives a batch on the learner's device). Nothing by default."""
+
+    def set_state_normalization(self, mean, std) -> None:
+        """The offline state statistics, for the parts of its own. Nothing by default."""
