@@ -49,6 +49,7 @@ from launch.flags import (
     resolve_config,
     run_main,
 )
+from launch.program import env_steps, run_roles
 
 SIGNAL_STOP_S = 10.0
 """Every child is gone this long after SIGINT or SIGTERM."""
@@ -321,9 +322,10 @@ def run_local(cfg, checkpoint: str | Path, run_dir: Path, *, dataset_path: str |
     for sig in previous:
         signal.signal(sig, on_signal)
     address, preload_items = None, 0
+    program = run_roles(cfg.actor.num_actors)  # replay first, then the workers
     try:
         try:
-            sup.start("replay", roles.replay_role, cfg, env_info, dataset_path,
+            sup.start(program[0].name, roles.replay_role, cfg, env_info, dataset_path,
                       cfg.replay.port, ready, stop_replay, str(paths.replay_checkpoints))
             port, preload_items = _wait_ready(ready, sup, timeout_s=300)
             address = f"localhost:{port}"
@@ -331,17 +333,13 @@ def run_local(cfg, checkpoint: str | Path, run_dir: Path, *, dataset_path: str |
             spec = roles.replay_spec(cfg, env_info["observation_shape"],
                                      env_info["action_shape"], env_info["max_episode_steps"],
                                      preload_items)
-            sup.start("learner", roles.learner_role, cfg, paths, address, spec, stop_workers)
-            for i in range(cfg.actor.num_actors):
-                sup.start(f"actor_{i}", roles.actor_role, i, cfg, paths, address, spec,
-                          stop_workers, restartable=True)
-            sup.start("evaluator", roles.evaluator_role, cfg, paths, address, spec,
-                      stop_workers, restartable=True)
+            for role in program[1:]:
+                sup.start(role.name, roles.worker_role, role, cfg, paths, address, spec,
+                          stop_workers, restartable=role.restartable)
             _watch(sup, address, preload_items, cfg.finetune.env_steps, status)
             stop_workers.set()
             sup.join(["learner"], timeout=120)
-            sup.join([n for n in sup.children if n.startswith(("actor", "evaluator"))],
-                     timeout=15)
+            sup.join([role.name for role in program if role.restartable], timeout=15)
             if sup.alive("learner"):
                 raise RoleDied("learner did not stop within 120 s")
             sup.poll()
@@ -373,7 +371,7 @@ def run_local(cfg, checkpoint: str | Path, run_dir: Path, *, dataset_path: str |
 def _stop_workers(sup: Supervisor, timeout_s: float) -> None:
     """Wait up to timeout_s for actors and evaluator to stop, then kill what is left:
     an actor held by the rate limiter cannot stop once the learner is gone."""
-    names = [n for n in sup.children if n.startswith(("actor", "evaluator"))]
+    names = [name for name, role in sup.roles.items() if role.restartable]
     sup.join(names, timeout=max(timeout_s, 0.0))
     for name in names:
         proc = sup.children[name]
@@ -453,8 +451,8 @@ def _watch(sup: Supervisor, address: str, preload: int, budget: int, status: boo
 
     client = as_client(address)
     start = time.perf_counter()
-    env_steps = first = None
-    while env_steps is None or env_steps < budget:
+    steps = first = None
+    while steps is None or steps < budget:
         time.sleep(1.0)
         sup.poll()
         try:
@@ -462,19 +460,19 @@ def _watch(sup: Supervisor, address: str, preload: int, budget: int, status: boo
         except (ReplayUnavailable, RuntimeError):
             sup.poll()
             raise RoleDied("the replay server stopped answering") from None
-        env_steps = int(counts["inserts"] - preload)
-        first = env_steps if first is None else first
+        steps = env_steps(counts, preload)
+        first = steps if first is None else first
         if status:
             elapsed = time.perf_counter() - start
             restarts = sum(r.restarts for r in sup.roles.values())
-            print(f"\r[{elapsed:6.0f} s] env steps {env_steps}/{budget} "
-                  f"({(env_steps - first) / elapsed:.0f}/s)  learner samples "
+            print(f"\r[{elapsed:6.0f} s] env steps {steps}/{budget} "
+                  f"({(steps - first) / elapsed:.0f}/s)  learner samples "
                   f"{counts['samples']:.0f}  replay size {counts['size']:.0f}"
                   + (f"  restarts {restarts}" if restarts else ""),
                   end="", file=sys.stderr, flush=True)
     if status:
         print(file=sys.stderr)
-    return env_steps
+    return steps
 
 
 # ---- entry point -----------------------------------------------------------------

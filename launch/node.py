@@ -55,8 +55,8 @@ from launch.flags import (
     resolve_config,
     run_main,
 )
+from launch.program import ROLE_KINDS, Role, env_steps
 
-ROLES = ("replay", "learner", "actor", "evaluator")
 STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 EXIT_FORCED = 3
 """Exit status of a role that did not finish within the grace period after a signal."""
@@ -65,7 +65,8 @@ Log = Callable[[str], None]
 
 
 def define_node_flags() -> None:
-    flags.DEFINE_enum("role", None, ROLES, "The role this process runs.")
+    flags.DEFINE_enum("role", None, list(ROLE_KINDS), "The role this process runs "
+                      "(launch.program).")
     flags.DEFINE_string("replay_address", None,
                         "HOST:PORT of the replay server (every role but replay).")
     flags.DEFINE_integer("port", None, "Port the replay server listens on (--role=replay).")
@@ -88,10 +89,6 @@ def parse_address(address: str | None) -> tuple[str, int]:
         raise ValueError(f"--replay_address={address!r} must be HOST:PORT with a port in "
                          "1..65535, e.g. --replay_address=node17:8000")
     return host, int(port)
-
-
-def role_name(role: str, actor_id: int) -> str:
-    return f"actor_{actor_id}" if role == "actor" else role
 
 
 def claim_role_dir(logdir: Path, name: str) -> Path:
@@ -218,7 +215,7 @@ def wait_for_preload(client, preload_items: int, stop: threading.Event, say: Log
         stop.wait(0.5)
 
 
-def run_worker(role: str, actor_id: int, cfg, paths, address: str, wait_s: float,
+def run_worker(role: Role, cfg, paths, address: str, wait_s: float,
                stop: threading.Event, say: Log, warn: Log) -> None:
     """The learner, an actor or the evaluator, against the replay server at `address`."""
     from launch import roles  # reverb before torch
@@ -247,21 +244,16 @@ def run_worker(role: str, actor_id: int, cfg, paths, address: str, wait_s: float
         f"{cfg.finetune.env_steps} environment steps or a stop signal")
     threading.Thread(
         target=stop_at_budget, name="budget", daemon=True,
-        args=(lambda: table_counts(client, EXPERIENCE_TABLE)["inserts"] - preload,
+        args=(lambda: env_steps(table_counts(client, EXPERIENCE_TABLE), preload),
               cfg.finetune.env_steps, stop, say),
     ).start()
-    if role == "learner":
-        roles.learner_role(cfg, paths, address, spec, stop)
-    elif role == "actor":
-        roles.actor_role(actor_id, cfg, paths, address, spec, stop)
-    else:
-        roles.evaluator_role(cfg, paths, address, spec, stop)
+    roles.worker_role(role, cfg, paths, address, spec, stop)
 
 
 def _check_flags(FLAGS) -> None:
     """Refuse bad flags before anything heavy is imported or started."""
     if FLAGS.role is None:
-        raise ValueError(f"--role is required: one of {', '.join(ROLES)}")
+        raise ValueError(f"--role is required: one of {', '.join(ROLE_KINDS)}")
     if FLAGS.checkpoint is None:
         raise ValueError("--checkpoint is required: the pretrained checkpoint every role "
                          "starts from")
@@ -288,7 +280,8 @@ def main(argv) -> None:
     del argv
     FLAGS = flags.FLAGS
     _check_flags(FLAGS)
-    name = role_name(FLAGS.role, FLAGS.actor_id)
+    role = Role(FLAGS.role, FLAGS.actor_id if FLAGS.role == "actor" else 0)
+    name = role.name
     label = name if "RANK" not in os.environ else f"{name} rank {os.environ['RANK']}"
 
     def say(message: str) -> None:
@@ -321,7 +314,7 @@ def main(argv) -> None:
             if FLAGS.role == "learner" and not (logdir / "config.json").exists():
                 save_config(logdir, cfg)
         paths = roles.RunPaths(str(logdir), str(Path(FLAGS.checkpoint).absolute()))
-        run_worker(FLAGS.role, FLAGS.actor_id, cfg, paths, FLAGS.replay_address,
+        run_worker(role, cfg, paths, FLAGS.replay_address,
                    FLAGS.replay_wait_s, stop, say, warn)
     say("stopped")
 

@@ -35,6 +35,7 @@ from launch.flags import (
     run_main,
 )
 from launch.local import FinetuneSummary, RunFailed, final_summary
+from launch.program import Role, env_steps, run_roles
 
 
 def _import_ray():
@@ -50,18 +51,19 @@ def _role_host_class(ray):
     class RoleHost:
         """One onramp role running in a thread of this Ray worker process."""
 
-        def __init__(self, name: str, role: str, args: tuple, log_dir: str):
+        def __init__(self, role: Role, args: tuple, log_dir: str):
             from launch import roles  # reverb before torch in this process
 
-            self.name = name
+            self.name = role.name
             self.stop_event = threading.Event()
             self.ready: queue.Queue = queue.Queue()
             Path(log_dir).mkdir(parents=True, exist_ok=True)
             with open(Path(log_dir) / "starts.log", "a") as f:  # restarts are visible
                 f.write(f"{time.time():.3f} pid {os.getpid()}\n")
-            target = getattr(roles, f"{role}_role")
-            if role == "replay":
-                args = (*args, self.ready)
+            if role.kind == "replay":
+                target, args = roles.replay_role, (*args, self.ready)
+            else:
+                target, args = roles.worker_role, (role, *args)
             self.thread = threading.Thread(target=self._run, args=(target, args), daemon=True)
             self.thread.start()
 
@@ -119,34 +121,33 @@ def run_ray(cfg, checkpoint: str | Path, run_dir: Path, *, address: str = "auto"
     paths = roles.RunPaths(str(run_dir), str(Path(checkpoint).absolute()))
     start = time.perf_counter()
     handles: dict[str, object] = {}
+    program = run_roles(cfg.actor.num_actors)  # replay first, then the workers
     try:
-        handles["replay"] = RoleHost.options(num_cpus=1, max_restarts=0).remote(
-            "replay", "replay", (cfg, env_info, dataset_path, cfg.replay.port or 0),
-            str(run_dir / "replay"))
+        replay = program[0]
+        handles[replay.name] = RoleHost.options(num_cpus=1, max_restarts=0).remote(
+            replay, (cfg, env_info, dataset_path, cfg.replay.port or 0),
+            str(run_dir / replay.name))
         port, preload = ray.get(handles["replay"].wait_ready.remote(300), timeout=320)
         _, host = ray.get(handles["replay"].node.remote())
         replay_address = f"{host}:{port}"
         wait_for_server(replay_address, timeout_s=60)
         spec = roles.replay_spec(cfg, env_info["observation_shape"], env_info["action_shape"],
                                  env_info["max_episode_steps"], preload)
-        handles["learner"] = RoleHost.options(num_cpus=1, num_gpus=learner_gpus,
-                                              max_restarts=0).remote(
-            "learner", "learner", (cfg, paths, replay_address, spec), str(run_dir / "learner"))
-        for i in range(cfg.actor.num_actors):
-            handles[f"actor_{i}"] = RoleHost.options(
-                num_cpus=1, max_restarts=max_restarts, max_task_retries=-1,
-                scheduling_strategy="SPREAD",
-            ).remote(f"actor_{i}", "actor", (i, cfg, paths, replay_address, spec),
-                     str(run_dir / f"actor_{i}"))
-        handles["evaluator"] = RoleHost.options(num_cpus=1, max_restarts=max_restarts,
-                                                max_task_retries=-1).remote(
-            "evaluator", "evaluator", (cfg, paths, replay_address, spec),
-            str(run_dir / "evaluator"))
+        for role in program[1:]:
+            if role.restartable:  # actors spread over the nodes; Ray restarts a dead one
+                options = {"num_cpus": 1, "max_restarts": max_restarts, "max_task_retries": -1}
+                if role.kind == "actor":
+                    options["scheduling_strategy"] = "SPREAD"
+            else:
+                options = {"num_cpus": 1, "num_gpus": learner_gpus, "max_restarts": 0}
+            handles[role.name] = RoleHost.options(**options).remote(
+                role, (cfg, paths, replay_address, spec), str(run_dir / role.name))
         if on_started is not None:
             on_started(handles)
-        _watch(ray, handles, replay_address, preload, cfg.finetune.env_steps, status,
-               table_counts, EXPERIENCE_TABLE)
-        workers = [n for n in handles if n.startswith(("actor", "evaluator"))]
+        _watch(ray, handles, [role.name for role in program if not role.restartable],
+               replay_address, preload, cfg.finetune.env_steps, status, table_counts,
+               EXPERIENCE_TABLE)
+        workers = [role.name for role in program if role.restartable]
         ray.get([handles[n].stop.remote(30) for n in workers], timeout=60)
         if not ray.get(handles["learner"].stop.remote(120), timeout=150):
             raise RunFailed("learner did not stop within 120 s")
@@ -163,27 +164,29 @@ def run_ray(cfg, checkpoint: str | Path, run_dir: Path, *, address: str = "auto"
     return final_summary(cfg, paths, payload, time.perf_counter() - start)
 
 
-def _watch(ray, handles, address, preload, budget, status, table_counts, table) -> int:
-    """Poll the replay counters until the budget; a dead learner or replay ends the run."""
+def _watch(ray, handles, essential, address, preload, budget, status, table_counts,
+           table) -> int:
+    """Poll the replay counters until the budget; a dead `essential` role (the ones that
+    are not restarted: the learner, the replay server) ends the run."""
     import sys
 
     start = time.perf_counter()
-    env_steps = 0
-    while env_steps < budget:
+    steps = 0
+    while steps < budget:
         time.sleep(1.0)
-        for name in ("replay", "learner"):
+        for name in essential:
             try:
                 ray.get(handles[name].node.remote(), timeout=30)
             except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError) as exc:
                 raise RunFailed(f"{name} died: {exc}") from exc
-        env_steps = int(table_counts(address, table)["inserts"] - preload)
+        steps = env_steps(table_counts(address, table), preload)
         if status:
             elapsed = time.perf_counter() - start
-            print(f"\r[{elapsed:6.0f} s] env steps {env_steps}/{budget}", end="",
+            print(f"\r[{elapsed:6.0f} s] env steps {steps}/{budget}", end="",
                   file=sys.stderr, flush=True)
     if status:
         print(file=sys.stderr)
-    return env_steps
+    return steps
 
 
 def main(argv) -> None:

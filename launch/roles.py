@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from launch.program import Role, env_steps
 from learner.objectives import get_objective
 from learner.tensorboard import SummaryWriter, markdown_table
 from replay.windows import ActionBox
@@ -75,7 +76,7 @@ def checkpoint_replay_and_record(client, paths: RunPaths, preload_items: int) ->
     """
     path = checkpoint_replay(client)
     counts = table_counts(client, EXPERIENCE_TABLE)
-    record = {"path": path, "env_steps": counts["inserts"] - preload_items, **counts}
+    record = {"path": path, "env_steps": env_steps(counts, preload_items), **counts}
     target = paths.replay_checkpoint_record
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_suffix(".tmp")
@@ -145,7 +146,7 @@ def replay_role(cfg, env_info: dict, dataset_path: str | None, port: int, ready,
                 writer.scalars({"replay/restored_size": counts["size"],
                                 "replay/restored_inserts": counts["inserts"],
                                 "replay/restored_samples": counts["samples"]},
-                               counts["inserts"] - preload_items)
+                               env_steps(counts, preload_items))
         else:
             writer = EpisodeWriter(client, spec)
             for steps in preload:  # ascending return: FIFO evicts the worst first
@@ -246,18 +247,18 @@ def learner_role(cfg, paths: RunPaths, address: str, spec: ReplaySpec, stop) -> 
 
     def counters():
         counts = table_counts(client, EXPERIENCE_TABLE)
-        counts["env_steps"] = counts["inserts"] - spec.preload_items
+        counts["env_steps"] = env_steps(counts, spec.preload_items)
         last_counts.update(counts)
         return counts
 
     def checkpoint():
         """The learner's checkpoint, then the replay server's at the same moment."""
         try:
-            env_steps = int(counters()["env_steps"])
+            steps = int(counters()["env_steps"])
         except ReplayUnavailable:  # the server is gone: keep the learner's state anyway
-            env_steps = int(last_counts["env_steps"])
+            steps = int(last_counts["env_steps"])
         save_learner(paths.learner_checkpoint, learner, run_config=cfg.to_dict(),
-                     env_steps=env_steps)
+                     env_steps=steps)
         try:
             checkpoint_replay_and_record(client, paths, spec.preload_items)
         except (ReplayUnavailable, RuntimeError) as error:
@@ -317,7 +318,7 @@ def load_arrays(model, arrays: dict[str, np.ndarray]) -> None:
 
 def run_env_steps(address: str, spec: ReplaySpec) -> int:
     """Environment steps of the whole run so far, from the replay server's counters."""
-    return int(table_counts(address, EXPERIENCE_TABLE)["inserts"]) - spec.preload_items
+    return env_steps(table_counts(address, EXPERIENCE_TABLE), spec.preload_items)
 
 
 def actor_role(actor_id: int, cfg, paths: RunPaths, address: str, spec: ReplaySpec,
@@ -423,11 +424,26 @@ def evaluator_role(cfg, paths: RunPaths, address: str, spec: ReplaySpec, stop,
             if newest is not None:
                 learner_step, arrays = newest
                 load_arrays(model, arrays)
-            env_steps = table_counts(client, EXPERIENCE_TABLE)["inserts"] - spec.preload_items
-            if env_steps >= next_eval:
-                evaluate_and_log(cfg, model, writer, env_steps, learner_step)
-                next_eval = env_steps + cfg.finetune.eval_every_env_steps
+            steps = env_steps(table_counts(client, EXPERIENCE_TABLE), spec.preload_items)
+            if steps >= next_eval:
+                evaluate_and_log(cfg, model, writer, steps, learner_step)
+                next_eval = steps + cfg.finetune.eval_every_env_steps
             _sleep_until(stop, 0.5)
     finally:
         puller.stop()
         writer.close()
+
+
+def worker_role(role: Role, cfg, paths: RunPaths, address: str, spec: ReplaySpec, stop,
+                incarnation: int = 0) -> None:
+    """The learner, an actor or the evaluator of `launch.program` (every role but the
+    replay server), against the replay server at `address`, until `stop`.
+    `incarnation` counts restarts of a restartable role."""
+    if role.kind == "learner":
+        learner_role(cfg, paths, address, spec, stop)
+    elif role.kind == "actor":
+        actor_role(role.actor_id, cfg, paths, address, spec, stop, incarnation)
+    elif role.kind == "evaluator":
+        evaluator_role(cfg, paths, address, spec, stop, incarnation)
+    else:
+        raise ValueError(f"worker_role runs the learner, actors and evaluator, not {role.kind!r}")

@@ -8,6 +8,7 @@ from replay.params import ParamsPuller, publish_params
 from replay.tables import ReplaySpec, start_server
 
 # isort: on
+import json
 import subprocess
 import sys
 from dataclasses import replace
@@ -23,6 +24,7 @@ from actors.context import BatchedPolicy
 from actors.envs import VectorEnv
 from launch.local import run_local
 from launch.pipeline import pretrain, pretrain_critic
+from launch.program import run_roles
 from learner.checkpoint import load_checkpoint
 from learner.config import ObjectiveConfig, OptimConfig
 from learner.finetune import learner_from_checkpoint
@@ -65,6 +67,9 @@ def test_local_run_with_two_actors_finishes_and_logs(local_runs, kind):
     behind, and its event files hold the evaluation, actor and loss tags."""
     cfg, tmp_path, summary, left_behind = local_runs[kind]
     assert not left_behind
+    # launch.local started the run program's roles, no more and no fewer.
+    started = json.loads((tmp_path / "processes.json").read_text())
+    assert set(started) == {role.name for role in run_roles(cfg.actor.num_actors)}
     assert summary.env_steps >= cfg.finetune.env_steps
     assert summary.updates > 0
     assert np.isfinite(summary.final_return)

@@ -12,6 +12,7 @@ from common import tiny_config
 from ray.cluster_utils import Cluster
 
 from launch.presets import ActorConfig
+from launch.program import run_roles
 from launch.ray import run_ray
 from learner.checkpoint import load_checkpoint
 from learner.config import ObjectiveConfig
@@ -59,5 +60,8 @@ def test_actors_spread_over_nodes_and_a_killed_actor_is_restarted(
     assert summary.env_steps >= cfg.finetune.env_steps
     assert summary.learner_checkpoint.is_file()
     assert "eval/return" in read_scalars(tmp_path / "evaluator")
+    # launch.ray started the run program's roles (each writes its starts.log).
+    started = {path.parent.name for path in tmp_path.glob("*/starts.log")}
+    assert started == {role.name for role in run_roles(cfg.actor.num_actors)}
     saved = json.loads((tmp_path / "config.json").read_text())
     assert saved["model"]["context_len"] == checkpoint_len
