@@ -159,8 +159,8 @@ def main(argv: list[str] | None = None) -> None:
                              f"{model.cfg.state_dim} states / {model.cfg.act_dim} actions; "
                              f"{env_id} has {spec.state_dim} / {spec.act_dim}")
     else:
-        model = build_model(replace(cfg.model, state_dim=spec.state_dim,
-                                            act_dim=spec.act_dim, policy=cfg.objective.policy))
+        model = build_model(replace(cfg.model, state_dim=spec.state_dim, act_dim=spec.act_dim),
+                            head=cfg.objective.policy)
     mode = get_objective(cfg.objective.kind).exploration
     policy = BatchedPolicy(model.eval(), mode=mode, noise_std=cfg.actor.exploration_noise)
     replay_spec = unlimited_spec(spec.observation_shape, spec.action_shape,

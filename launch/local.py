@@ -282,7 +282,7 @@ def fit_model_to_checkpoint(cfg, payload: dict, checkpoint, env_info: dict):
             f"actions of size {model.act_dim}, but {cfg.env.env_id} has observation shape "
             f"{obs} and action shape {act}; was it pretrained for another preset?"
         )
-    return replace(cfg, model=replace(model, policy=cfg.model.policy))
+    return replace(cfg, model=model)
 
 
 def run_local(cfg, checkpoint: str | Path, run_dir: Path, *, dataset_path: str | None = None,

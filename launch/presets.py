@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path
 
 from learner.config import ComputeConfig, ObjectiveConfig, OptimConfig
-from models import CriticConfig, ModelConfig
+from models import RETIRED_MODEL_FIELDS, CriticConfig, ModelConfig
 
 
 @dataclass(frozen=True)
@@ -147,6 +147,8 @@ def _from_dict(cls, values, where: str):
     if not isinstance(values, dict):
         raise ValueError(f"{where}: expected a mapping, got {type(values).__name__}")
     types = typing.get_type_hints(cls)
+    if cls is ModelConfig:  # saved by earlier versions, now derived from the objective
+        values = {k: v for k, v in values.items() if k not in RETIRED_MODEL_FIELDS}
     unknown = sorted(set(values) - set(types))
     if unknown:
         raise ValueError(f"{where}: unknown field(s) {', '.join(unknown)}")

@@ -299,12 +299,8 @@ def policy_from_checkpoint(cfg, checkpoint: str):
     from models import build_model
 
     payload = load_checkpoint(checkpoint)
-    model_cfg = model_config_from(payload)
-    from dataclasses import replace
-
-    model_cfg = replace(model_cfg, policy=cfg.objective.policy)
-    model = build_model(model_cfg)
-    model.load_state_dict(convert_policy_head(payload["learner"]["model"], model_cfg.policy))
+    model = build_model(model_config_from(payload), head=cfg.objective.policy)
+    model.load_state_dict(convert_policy_head(payload["learner"]["model"], cfg.objective.policy))
     return model.eval()
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from learner.config import ObjectiveConfig, OptimConfig
-from models import CriticConfig, ModelConfig, build_model
+from models import RETIRED_MODEL_FIELDS, CriticConfig, ModelConfig, build_model
 
 FORMAT = "onramp-checkpoint-1"
 
@@ -70,7 +70,13 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
 
 
 def model_config_from(payload: dict) -> ModelConfig:
-    return ModelConfig(**payload["model_config"])
+    values = {k: v for k, v in payload["model_config"].items() if k not in RETIRED_MODEL_FIELDS}
+    return ModelConfig(**values)
+
+
+def head_of(model_state: dict) -> str:
+    """The action head a model state dict holds: 'gaussian' or 'deterministic'."""
+    return "gaussian" if "action_head.mu.weight" in model_state else "deterministic"
 
 
 def objective_from(payload: dict) -> ObjectiveConfig:
@@ -107,7 +113,7 @@ def load_policy(path: str | os.PathLike, device: str | torch.device = "cpu"):
     """The model of a checkpoint, in eval mode, and the checkpoint payload."""
     payload = load_checkpoint(path, map_location=device)
     cfg = model_config_from(payload)
-    model = build_model(cfg)
+    model = build_model(cfg, head=head_of(payload["learner"]["model"]))
     try:
         model.load_state_dict(payload["learner"]["model"])
     except RuntimeError as exc:

@@ -53,7 +53,7 @@ def learner_from_checkpoint(payload: dict, objective, optim, device,
     if payload["objective"]["kind"] == objective.kind:
         learner.load_state_dict(state)
         return learner
-    model_state = convert_policy_head(state["model"], learner.model_cfg.policy)
+    model_state = convert_policy_head(state["model"], learner.rule.head)
     try:
         learner.model.load_state_dict(model_state)
     except RuntimeError as exc:

@@ -23,7 +23,6 @@ gradients are averaged across ranks inside `update`, so the ranks stay identical
 from __future__ import annotations
 
 import math
-from dataclasses import replace
 
 import torch
 from pytorch_optimizer import Lamb
@@ -108,9 +107,9 @@ class Learner:
         self.bf16, self.compiled, self.fused = compute.resolve(self.device)
         fused = self.fused
         rule = get_objective(objective.kind)
-        self.model_cfg = replace(model_cfg, policy=rule.head)
+        self.model_cfg = model_cfg
         torch.manual_seed(optim.seed)
-        self.model = build_model(self.model_cfg).to(self.device)
+        self.model = build_model(model_cfg, head=rule.head).to(self.device)
         self.optimizer = Lamb(
             self.model.parameters(), lr=optim.lr, weight_decay=optim.weight_decay, eps=1e-8,
             foreach=True if fused else None,

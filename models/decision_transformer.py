@@ -26,7 +26,10 @@ from torch import nn
 from models.heads import DeterministicHead, SquashedGaussianHead
 from models.registry import MODELS, register_model
 
-POLICIES = ("gaussian", "deterministic")
+HEADS = ("gaussian", "deterministic")
+RETIRED_MODEL_FIELDS = ("policy",)
+"""ModelConfig fields that checkpoints and saved configs of earlier onramp versions hold
+and that are now derived (the action head comes from the objective); readers drop them."""
 
 
 @dataclass(frozen=True)
@@ -49,8 +52,6 @@ class ModelConfig:
     """Add an absolute timestep embedding to every token (off in ODT's MuJoCo runs)."""
     max_timestep: int = 1000
     """Size of the timestep embedding; larger timesteps are clipped (ODT: 1000)."""
-    policy: str = "gaussian"
-    """'gaussian' (ODT's tanh-squashed Gaussian) or 'deterministic' (ODT+TD3)."""
     log_std_min: float = -5.0
     log_std_max: float = 2.0
     return_scale: float = 0.001
@@ -71,8 +72,6 @@ class ModelConfig:
             )
         if not 0.0 <= self.dropout < 1.0:
             problems.append(f"model.dropout={self.dropout} must lie in [0, 1)")
-        if self.policy not in POLICIES:
-            problems.append(f"model.policy={self.policy!r} must be one of {POLICIES}")
         if self.return_scale <= 0:
             problems.append(f"model.return_scale={self.return_scale} must be > 0")
         return problems
@@ -128,9 +127,9 @@ def make_state_encoder(cfg: ModelConfig) -> nn.Module:
     return nn.Linear(cfg.state_dim, cfg.embed_dim)
 
 
-def make_action_head(cfg: ModelConfig) -> nn.Module:
+def make_action_head(cfg: ModelConfig, head: str) -> nn.Module:
     """The action head, chosen by action space and objective. Box actions: see heads.py."""
-    if cfg.policy == "gaussian":
+    if head == "gaussian":
         return SquashedGaussianHead(cfg.embed_dim, cfg.act_dim, cfg.log_std_min, cfg.log_std_max)
     return DeterministicHead(cfg.embed_dim, cfg.act_dim)
 
@@ -151,12 +150,19 @@ def attention_mask(mask: torch.Tensor) -> torch.Tensor:
 
 @register_model("decision_transformer")
 class DecisionTransformer(nn.Module):
-    def __init__(self, cfg: ModelConfig):
+    """`head` is the action head the objective trains: 'gaussian' (ODT's tanh-squashed
+    Gaussian) or 'deterministic' (ODT+TD3, return-conditioned BC). It is derived from
+    the objective (`learner.objectives`), not stored in the config."""
+
+    def __init__(self, cfg: ModelConfig, head: str):
         super().__init__()
         problems = cfg.validate()
+        if head not in HEADS:
+            problems.append(f"head={head!r} must be one of {HEADS}")
         if problems:
             raise ValueError("; ".join(problems))
         self.cfg = cfg
+        self.head = head
         D = cfg.embed_dim
         self.embed_return = nn.Linear(1, D)
         self.embed_state = make_state_encoder(cfg)
@@ -169,7 +175,7 @@ class DecisionTransformer(nn.Module):
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
         self.ln_f = nn.LayerNorm(D)
         self.apply(_gpt2_init)
-        self.action_head = make_action_head(cfg)  # keeps its own (orthogonal) init
+        self.action_head = make_action_head(cfg, head)  # keeps its own (orthogonal) init
         # Frozen offline state statistics, saved with the weights (ODT keeps them fixed).
         self.register_buffer("state_mean", torch.zeros(cfg.state_dim))
         self.register_buffer("state_std", torch.ones(cfg.state_dim))
@@ -227,6 +233,3 @@ def _gpt2_init(module: nn.Module) -> None:
         if isinstance(module, nn.Linear) and module.bias is not None:
             nn.init.zeros_(module.bias)
 
-
-def build_model(cfg: ModelConfig) -> DecisionTransformer:
-    return DecisionTransformer(cfg)

@@ -6,7 +6,7 @@ names a model class. A new model is a module that registers its class:
 
     @register_model("multi_game_transformer")
     class MultiGameTransformer(nn.Module):
-        def __init__(self, cfg): ...
+        def __init__(self, cfg, head): ...
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ from collections.abc import Callable
 from torch import nn
 
 MODELS: dict[str, type[nn.Module]] = {}
-"""Registry key -> model class; each class takes its config as its one argument."""
+"""Registry key -> model class; each class takes its config and the action head its
+objective trains (`head=`, e.g. 'gaussian' or 'deterministic')."""
 
 
 def register_model(key: str) -> Callable[[type[nn.Module]], type[nn.Module]]:
@@ -31,9 +32,10 @@ def register_model(key: str) -> Callable[[type[nn.Module]], type[nn.Module]]:
     return register
 
 
-def build_model(cfg) -> nn.Module:
-    """The model `cfg.kind` names, built from `cfg`; ValueError names an unknown key."""
+def build_model(cfg, head: str) -> nn.Module:
+    """The model `cfg.kind` names, built from `cfg` with the action head `head`;
+    ValueError names an unknown key."""
     if cfg.kind not in MODELS:
         raise ValueError(f"model.kind={cfg.kind!r} is not a registered model; "
                          f"registered: {', '.join(sorted(MODELS))}")
-    return MODELS[cfg.kind](cfg)
+    return MODELS[cfg.kind](cfg, head=head)

@@ -34,11 +34,11 @@ class OneShotParams:
         return (self.step, self.arrays) if self.polls == self.at_poll else None
 
 
-def tiny_model(seed: int = 0, policy: str = "gaussian") -> DecisionTransformer:
+def tiny_model(seed: int = 0, head: str = "gaussian") -> DecisionTransformer:
     torch.manual_seed(seed)
     cfg = ModelConfig(state_dim=4, act_dim=1, context_len=5, embed_dim=16, n_layer=1, n_head=1,
-                      ffn_dim=32, dropout=0.0, policy=policy)
-    return DecisionTransformer(cfg).eval()
+                      ffn_dim=32, dropout=0.0)
+    return DecisionTransformer(cfg, head=head).eval()
 
 
 def make_actor(sink, model=None, params=None, mode="sample", num_envs=4, seed=0):
@@ -92,8 +92,8 @@ def test_episodes_match_a_separately_stepped_environment():
 def test_new_weights_are_swapped_in_and_change_actions():
     """Weights from the params source replace the actor's and change what it does."""
     sink = RecordingSink()
-    model = tiny_model(seed=0, policy="deterministic")
-    other = tiny_model(seed=1, policy="deterministic")
+    model = tiny_model(seed=0, head="deterministic")
+    other = tiny_model(seed=1, head="deterministic")
     arrays = {k: v.numpy().copy() for k, v in other.state_dict().items()}
     params = OneShotParams(arrays, step=7, at_poll=3)
     actor, env = make_actor(sink, model=model, params=params, mode="mean")
@@ -105,5 +105,5 @@ def test_new_weights_are_swapped_in_and_change_actions():
     after = actor.policy.act(actor.ctx)
     expected = BatchedPolicy(other, mode="mean").act(actor.ctx)
     np.testing.assert_allclose(after, expected, atol=1e-6)
-    original = BatchedPolicy(tiny_model(seed=0, policy="deterministic"), mode="mean")
+    original = BatchedPolicy(tiny_model(seed=0, head="deterministic"), mode="mean")
     assert not np.allclose(after, original.act(actor.ctx), atol=1e-4)

@@ -100,10 +100,11 @@ def test_weights_published_to_reverb_reach_an_actor_and_change_its_actions():
     try:
         torch.manual_seed(0)
         cfg = ModelConfig(state_dim=4, act_dim=1, context_len=5, embed_dim=16, n_layer=1,
-                          n_head=1, ffn_dim=32, dropout=0.0, policy="deterministic")
+                          n_head=1, ffn_dim=32, dropout=0.0)
         from models import DecisionTransformer
 
-        acting, published = DecisionTransformer(cfg).eval(), DecisionTransformer(cfg).eval()
+        acting = DecisionTransformer(cfg, head="deterministic").eval()
+        published = DecisionTransformer(cfg, head="deterministic").eval()
         arrays = {k: v.numpy().copy() for k, v in published.state_dict().items()}
         expected = {k: (v.shape, np.dtype(np.float32)) for k, v in arrays.items()}
         publish_params(server.localhost_client(), arrays, step=42)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import sys
 import types
-from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -272,7 +271,7 @@ def test_rcbc_learner_fits_state_determined_actions(seed):
     torch.manual_seed(seed)
     batch = state_determined_batch(seed)
     learner = Learner(FIT_MODEL, objective("rcbc"), OptimConfig(lr=1e-3, warmup_steps=0, seed=seed))
-    assert learner.model_cfg.policy == "deterministic" and learner.critic is None
+    assert learner.model.head == "deterministic" and learner.critic is None
     temperature = float(learner.temperature)
     mse = [float(learner.update(batch)["loss/supervised"]) for _ in range(400)]
     variance = float(batch["actions"][batch["mask"].bool()].var(0).mean())
@@ -285,7 +284,7 @@ def test_every_registered_objective_builds_a_learner_with_its_head():
         rule = get_objective(kind)
         learner = make_learner(kind)
         assert rule.kind == kind and isinstance(learner.rule, rule)
-        assert learner.model_cfg.policy == rule.head == objective(kind).policy
+        assert learner.model.head == rule.head == objective(kind).policy
         assert (learner.critic is not None) == rule.uses_critic
         assert rule.exploration in ("sample", "noisy")
         metrics = learner.update(random_batch(1))
@@ -366,7 +365,7 @@ def test_convert_policy_head_gaussian_to_deterministic():
     assert not any(k.startswith("action_head.log_std") for k in converted)
 
     torch.manual_seed(123)
-    deterministic = DecisionTransformer(replace(learner.model_cfg, policy="deterministic")).eval()
+    deterministic = DecisionTransformer(learner.model_cfg, head="deterministic").eval()
     deterministic.load_state_dict(converted)  # strict
     batch = random_batch(2)
     torch.testing.assert_close(modes(deterministic, batch), modes(gaussian, batch))
@@ -427,3 +426,20 @@ def test_tensorboard_reader_stops_at_a_torn_record(tmp_path):
     data = writer.path.read_bytes()
     writer.path.write_bytes(data[:-5])
     assert read_scalars(tmp_path) == {"x": [(1, 1.0)]}
+
+
+def test_checkpoints_and_configs_that_still_name_the_head_in_the_model_config_load(tmp_path):
+    """Earlier versions stored the head as model.policy; it is derived now (from the
+    objective, or from a checkpoint's weights) and readers drop the old field."""
+    from launch.presets import RunConfig, get_preset
+
+    learner = make_learner("odt_td3")
+    path = save_checkpoint(tmp_path / "old.pt", learner_payload(learner, updates=0))
+    payload = torch.load(path, weights_only=True)
+    payload["model_config"]["policy"] = "deterministic"
+    torch.save(payload, path)
+    model, _ = load_policy(path)
+    assert model.head == "deterministic" and "policy" not in vars(model.cfg)
+    saved = get_preset("quickstart").to_dict()
+    saved["model"]["policy"] = "gaussian"
+    assert RunConfig.from_dict(saved) == get_preset("quickstart")

@@ -40,9 +40,9 @@ def tiny_config(**overrides) -> ModelConfig:
     return ModelConfig(**{**values, **overrides})
 
 
-def tiny_model(seed: int = 0, **overrides) -> DecisionTransformer:
+def tiny_model(seed: int = 0, head: str = "gaussian", **overrides) -> DecisionTransformer:
     torch.manual_seed(seed)
-    return DecisionTransformer(tiny_config(**overrides)).eval()
+    return DecisionTransformer(tiny_config(**overrides), head=head).eval()
 
 
 def random_inputs(B: int, T: int, seed: int = 1) -> dict[str, torch.Tensor]:
@@ -75,7 +75,7 @@ def test_future_inputs_do_not_change_earlier_outputs(policy, timestep_embedding)
     """Changing any input at steps j > t leaves the head output at t unchanged, and the
     action at t itself is not seen by step t's state token; changing R_t or s_t does
     change it (so the check has teeth)."""
-    model = tiny_model(policy=policy, use_timestep_embedding=timestep_embedding)
+    model = tiny_model(head=policy, use_timestep_embedding=timestep_embedding)
     base = random_inputs(2, K)
     out = head_output(model, base)
     for t in range(K - 1):
@@ -104,7 +104,7 @@ def test_future_inputs_do_not_change_earlier_outputs(policy, timestep_embedding)
 def test_left_padding_matches_unpadded_sequence(policy):
     """Left-padded windows (mask 0, garbage in the padded slots) give the same outputs at
     real positions as the unpadded shorter sequence, and finite outputs everywhere."""
-    model = tiny_model(policy=policy, use_timestep_embedding=True)
+    model = tiny_model(head=policy, use_timestep_embedding=True)
     g = torch.Generator().manual_seed(3)
     lengths = [1, 3, K - 1, K]
     full = random_inputs(len(lengths), K, seed=4)
@@ -293,7 +293,7 @@ def test_model_config_validate_names_bad_values():
     assert len(problems) == 1
     assert "embed_dim=30" in problems[0] and "n_head=4" in problems[0]
 
-    problems = tiny_config(dropout=1.5, policy="bogus", return_scale=0.0, n_layer=0).validate()
+    problems = tiny_config(dropout=1.5, kind="bogus", return_scale=0.0, n_layer=0).validate()
     text = "\n".join(problems)
     assert len(problems) == 4
     for fragment in ("dropout=1.5", "'bogus'", "return_scale=0.0", "n_layer=0"):
@@ -303,9 +303,9 @@ def test_model_config_validate_names_bad_values():
 def test_decision_transformer_rejects_bad_config():
     """Building a model from an invalid config raises ValueError naming the value."""
     with pytest.raises(ValueError, match="embed_dim=30"):
-        DecisionTransformer(tiny_config(embed_dim=30, n_head=4))
-    with pytest.raises(ValueError, match="policy='bogus'"):
-        DecisionTransformer(tiny_config(policy="bogus"))
+        DecisionTransformer(tiny_config(embed_dim=30, n_head=4), head="gaussian")
+    with pytest.raises(ValueError, match="head='bogus'"):
+        DecisionTransformer(tiny_config(), head="bogus")
 
 
 def test_flops_and_param_count_are_positive():
@@ -321,23 +321,25 @@ def test_flops_and_param_count_are_positive():
 def test_models_are_built_by_registry_key():
     cfg = tiny_config()
     assert cfg.kind == "decision_transformer"
-    assert type(build_model(cfg)) is MODELS["decision_transformer"]
+    model = build_model(cfg, head="deterministic")
+    assert type(model) is MODELS["decision_transformer"] and model.head == "deterministic"
     with pytest.raises(ValueError, match="model.kind='nope' is not a registered model; "
                                          "registered: decision_transformer"):
-        build_model(replace(cfg, kind="nope"))
+        build_model(replace(cfg, kind="nope"), head="gaussian")
     assert any("model.kind='nope'" in p for p in replace(cfg, kind="nope").validate())
 
 
 def test_a_registered_model_is_built_from_its_key():
     class Constant(nn.Module):
-        def __init__(self, cfg):
+        def __init__(self, cfg, head):
             super().__init__()
-            self.cfg = cfg
+            self.cfg, self.head = cfg, head
 
     try:
         register_model("constant")(Constant)
-        model = build_model(replace(tiny_config(), kind="constant"))
+        model = build_model(replace(tiny_config(), kind="constant"), head="gaussian")
         assert isinstance(model, Constant) and model.cfg.kind == "constant"
+        assert model.head == "gaussian"
         with pytest.raises(ValueError, match="already registered to Constant"):
             register_model("constant")(type("Other", (nn.Module,), {}))
     finally:
