@@ -1,10 +1,12 @@
 """Quickstart fine-tuning wall time against its floor and against a serial schedule.
 
 From one pretrained quickstart checkpoint (recorded dataset + short pretraining),
-three ways to reach the same environment-step budget:
+four ways to reach the same environment-step budget:
 - distributed: `launch.local.run_local`, the replay server, learner, actors and
   evaluator as processes (wall time from the call to its return, and the learner's
   own update-loop time, read from its TensorBoard events);
+- inline: `launch.local.run_inline`, the same roles as threads of this process (one
+  actor);
 - floor: the learner alone making the distributed run's number of updates on
   batches from an in-memory buffer (the preloaded offline windows);
 - serial: ODT's own schedule in one process: one episode with batch-1 inference,
@@ -39,7 +41,7 @@ from actors.context import BatchedPolicy, ContextBuffer
 from actors.envs import VectorEnv, env_spec
 from actors.evaluate import evaluate
 from bench.learner import peak_rss_mib, rss_mib
-from launch.local import run_local
+from launch.local import run_inline, run_local
 from launch.pipeline import obtain_dataset, pretrain, save_config
 from launch.presets import get_preset
 from learner.checkpoint import load_checkpoint
@@ -135,10 +137,12 @@ def serial(cfg, checkpoint, preload) -> dict:
             "eval_return": final_eval(cfg, learner.model)}
 
 
-def distributed(cfg, checkpoint, dataset_path, run_dir: Path) -> dict:
+def distributed(cfg, checkpoint, dataset_path, run_dir: Path, run=run_local) -> dict:
+    """A fine-tuning run through `run` (`launch.local.run_local`: every role a process;
+    `run_inline`: every role a thread of this process)."""
     save_config(run_dir, cfg)
     start = time.perf_counter()
-    summary = run_local(cfg, checkpoint, run_dir, dataset_path=dataset_path, status=False)
+    summary = run(cfg, checkpoint, run_dir, dataset_path=dataset_path, status=False)
     seconds = time.perf_counter() - start
     learner_scalars = read_scalars(run_dir / "learner")
     rate = learner_scalars.get("throughput/run_updates_per_s")
@@ -188,6 +192,9 @@ def main(argv: list[str] | None = None) -> None:
         run_dir = out / "distributed"
         run_dir.mkdir()
         dist = distributed(cfg, pre.checkpoint, dataset.source, run_dir)
+        inline_dir = out / "inline"
+        inline_dir.mkdir()
+        inl = distributed(cfg, pre.checkpoint, dataset.source, inline_dir, run=run_inline)
         flo = floor(cfg, pre.checkpoint, preload, dist["updates"])
         ser = serial(cfg, pre.checkpoint, preload)
         rss_end = rss_mib()
@@ -203,11 +210,16 @@ def main(argv: list[str] | None = None) -> None:
         "torch_threads": torch.get_num_threads(),
         "pretrained_return": pre.eval_return,
         "distributed": {k: _round(v) for k, v in dist.items()},
+        "inline": {k: _round(v) for k, v in inl.items()},
         "floor": {k: _round(v) for k, v in flo.items()},
         "serial": {k: _round(v) for k, v in ser.items()},
         "distributed_over_floor": round(dist["seconds"] / flo["seconds"], 3),
         "learner_loop_over_floor": None if loop_s is None else round(loop_s / flo["seconds"], 3),
         "distributed_over_serial": round(dist["seconds"] / ser["seconds"], 3),
+        "inline_over_distributed": round(inl["seconds"] / dist["seconds"], 3),
+        "inline_seconds_per_update_over_floor": round(
+            (inl["seconds"] / max(inl["updates"], 1)) / (flo["seconds"] / max(flo["updates"], 1)),
+            3),
         "targets": {
             "within_1.2x_of_floor": dist["seconds"] <= 1.2 * flo["seconds"],
             "faster_than_serial": dist["seconds"] < ser["seconds"],

@@ -120,6 +120,13 @@ def define_finetune_flags(*, num_actors: bool = True) -> None:
                          "Online budget in environment steps; default: the preset's.")
 
 
+def define_mode_flag() -> None:
+    flags.DEFINE_enum("mode", "processes", ["processes", "inline"],
+                      "processes: every role its own OS process; inline: the replay server, "
+                      "learner, one actor and the evaluator as threads of this process "
+                      "(debugging, small CPU runs).")
+
+
 def define_resume_flag() -> None:
     flags.DEFINE_bool("resume", False, "Continue the run in --logdir from its checkpoints, "
                       "with its saved config (only --env_steps may change).")

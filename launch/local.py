@@ -43,13 +43,14 @@ from launch.flags import (
     define_config_flags,
     define_finetune_flags,
     define_logdir_flag,
+    define_mode_flag,
     define_resume_flag,
     new_run_dir,
     require_checkpoint,
     resolve_config,
     run_main,
 )
-from launch.program import env_steps, run_roles
+from launch.program import env_steps, run_roles, stop_order
 
 SIGNAL_STOP_S = 10.0
 """Every child is gone this long after SIGINT or SIGTERM."""
@@ -285,19 +286,14 @@ def fit_model_to_checkpoint(cfg, payload: dict, checkpoint, env_info: dict):
     return replace(cfg, model=model)
 
 
-def run_local(cfg, checkpoint: str | Path, run_dir: Path, *, dataset_path: str | None = None,
-              status: bool = True) -> FinetuneSummary:
-    """Fine-tune from `checkpoint` with local processes until cfg.finetune.env_steps.
-
-    A `run_dir` holding a replay checkpoint continues that run (`resume_run`).
-    Raises RunFailed or RunInterrupted when the run ends early.
-    """
-    from launch import roles  # imports reverb before torch in this process
+def _start_run(cfg, checkpoint, run_dir: Path, dataset_path: str | None):
+    """What both modes do first: the config fitted to the checkpoint, the run's record
+    of what it started from (`finetune.json`, kept on resume), and its paths.
+    Returns (cfg, checkpoint payload, env info, dataset path, RunPaths)."""
+    from launch import roles
     from launch.pipeline import save_config
     from learner.checkpoint import load_checkpoint
-    from replay.tables import wait_for_server
 
-    run_dir = Path(run_dir)
     payload = load_checkpoint(checkpoint)
     env_info = _env_info(cfg.env.env_id)
     cfg = fit_model_to_checkpoint(cfg, payload, checkpoint, env_info)
@@ -307,7 +303,125 @@ def run_local(cfg, checkpoint: str | Path, run_dir: Path, *, dataset_path: str |
         save_config(run_dir, cfg)
         started_from.write_text(json.dumps({"checkpoint": str(Path(checkpoint).absolute()),
                                             "dataset": dataset_path}))
-    paths = roles.RunPaths(str(run_dir), str(checkpoint))
+    return cfg, payload, env_info, dataset_path, roles.RunPaths(str(run_dir), str(checkpoint))
+
+
+def run_inline(cfg, checkpoint: str | Path, run_dir: Path, *, dataset_path: str | None = None,
+               status: bool = True) -> FinetuneSummary:
+    """The run program in this one process, for debugging and for small CPU runs where
+    starting five processes that each import TensorFlow and torch costs seconds.
+
+    The replay server, the learner, one actor (of `actor.envs_per_actor` envs;
+    `actor.num_actors` does not apply) and the evaluator run as threads of this
+    process, with the same role functions, results, checkpoints and TensorBoard tags
+    as `run_local`; the budget, the rate limiter and resuming work the same way. A role
+    that fails stops the run (nothing is restarted) and its traceback is printed.
+    SIGINT or SIGTERM stop it after the learner's final checkpoints.
+    """
+    import threading
+
+    from launch import roles  # imports reverb before torch in this process
+    from replay.tables import wait_for_server
+
+    run_dir = Path(run_dir)
+    cfg, payload, env_info, dataset_path, paths = _start_run(cfg, checkpoint, run_dir,
+                                                             dataset_path)
+    program = run_roles(1)
+    # One stop event per role, set in `stop_order`: an actor held by the rate limiter is
+    # released by the learner's samples, so the learner stops after the actors (a thread,
+    # unlike a process, cannot be killed).
+    stops = {role.name: threading.Event() for role in program}
+    ready: queue.Queue = queue.Queue()
+    threads: dict[str, threading.Thread] = {}
+    failures: list[str] = []
+
+    def start(name: str, target, *args) -> None:
+        def body():
+            try:
+                target(*args)
+            except BaseException:  # reported by the watch loop, which stops the run
+                traceback.print_exc()
+                failures.append(name)
+
+        threads[name] = threading.Thread(target=body, name=name, daemon=True)
+        threads[name].start()
+
+    def check() -> None:
+        if failures:
+            raise RoleDied(f"{', '.join(failures)} failed (traceback above)")
+
+    def stop_in_order(timeout_s: float) -> None:
+        """Stop each role in `stop_order`, waiting up to timeout_s for each."""
+        for role in stop_order(program):
+            stops[role.name].set()
+            if role.name in threads:
+                threads[role.name].join(timeout_s)
+
+    start_time = time.perf_counter()
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+
+    def on_signal(signum, frame):
+        for sig in previous:
+            signal.signal(sig, signal.SIG_IGN)
+        raise _Signal(signum)
+
+    for sig in previous:
+        signal.signal(sig, on_signal)
+    try:
+        try:
+            start(program[0].name, roles.replay_role, cfg, env_info, dataset_path,
+                  cfg.replay.port, ready, stops[program[0].name], str(paths.replay_checkpoints))
+            deadline = time.monotonic() + 300
+            while True:
+                check()
+                try:
+                    port, preload_items = ready.get(timeout=0.5)
+                    break
+                except queue.Empty:
+                    if time.monotonic() > deadline:
+                        raise RunFailed("replay server not ready within 300 s") from None
+            if port == "error":
+                raise ValueError(preload_items)
+            address = f"localhost:{port}"
+            wait_for_server(address, timeout_s=30)
+            spec = roles.replay_spec(cfg, env_info["observation_shape"],
+                                     env_info["action_shape"], env_info["max_episode_steps"],
+                                     preload_items)
+            for role in program[1:]:
+                start(role.name, roles.worker_role, role, cfg, paths, address, spec,
+                      stops[role.name], 0, False)
+            _watch_budget(address, preload_items, cfg.finetune.env_steps, status, check)
+        except _Signal as sig:
+            stop_in_order(30)  # the learner writes its final checkpoints
+            name = signal.Signals(sig.signum).name
+            raise RunInterrupted(f"{name} received; the learner's last checkpoint is "
+                                 f"{paths.learner_checkpoint}; {resume_hint(run_dir)}",
+                                 sig.signum) from None
+        except RoleDied as died:
+            raise RunFailed(f"{died}; the run stopped. The learner's last checkpoint is "
+                            f"{paths.learner_checkpoint}; {resume_hint(run_dir)}") from None
+        stop_in_order(120)
+        check()
+    finally:
+        stop_in_order(5)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return final_summary(cfg, paths, payload, time.perf_counter() - start_time)
+
+
+def run_local(cfg, checkpoint: str | Path, run_dir: Path, *, dataset_path: str | None = None,
+              status: bool = True) -> FinetuneSummary:
+    """Fine-tune from `checkpoint` with local processes until cfg.finetune.env_steps.
+
+    A `run_dir` holding a replay checkpoint continues that run (`resume_run`).
+    Raises RunFailed or RunInterrupted when the run ends early.
+    """
+    from launch import roles  # imports reverb before torch in this process
+    from replay.tables import wait_for_server
+
+    run_dir = Path(run_dir)
+    cfg, payload, env_info, dataset_path, paths = _start_run(cfg, checkpoint, run_dir,
+                                                             dataset_path)
     sup = Supervisor(run_dir, cfg.finetune.max_restarts, cfg.finetune.restart_backoff_s)
     stop_workers, stop_replay = StopFlag(sup.ctx), StopFlag(sup.ctx)
     ready = sup.ctx.Queue()
@@ -336,7 +450,8 @@ def run_local(cfg, checkpoint: str | Path, run_dir: Path, *, dataset_path: str |
             for role in program[1:]:
                 sup.start(role.name, roles.worker_role, role, cfg, paths, address, spec,
                           stop_workers, restartable=role.restartable)
-            _watch(sup, address, preload_items, cfg.finetune.env_steps, status)
+            _watch_budget(address, preload_items, cfg.finetune.env_steps, status, sup.poll,
+                          lambda: sum(r.restarts for r in sup.roles.values()))
             stop_workers.set()
             sup.join(["learner"], timeout=120)
             sup.join([role.name for role in program if role.restartable], timeout=15)
@@ -440,8 +555,11 @@ def _wait_ready(ready, sup: Supervisor, timeout_s: float) -> tuple[int, int]:
     raise RunFailed(f"replay server not ready within {timeout_s:g} s")
 
 
-def _watch(sup: Supervisor, address: str, preload: int, budget: int, status: bool) -> int:
-    """Poll until the env-step budget is reached; raise when a role dies."""
+def _watch_budget(address: str, preload: int, budget: int, status: bool, poll,
+                  restarts=lambda: 0) -> int:
+    """Read the replay server's counters every second until the env-step budget is
+    reached; `poll()` raises RoleDied when a role has died (and restarts what may be);
+    with `status`, a status line shows progress and `restarts()`."""
     from replay.tables import (
         EXPERIENCE_TABLE,
         ReplayUnavailable,
@@ -454,21 +572,21 @@ def _watch(sup: Supervisor, address: str, preload: int, budget: int, status: boo
     steps = first = None
     while steps is None or steps < budget:
         time.sleep(1.0)
-        sup.poll()
+        poll()
         try:
             counts = table_counts(client, EXPERIENCE_TABLE)
         except (ReplayUnavailable, RuntimeError):
-            sup.poll()
+            poll()
             raise RoleDied("the replay server stopped answering") from None
         steps = env_steps(counts, preload)
         first = steps if first is None else first
         if status:
             elapsed = time.perf_counter() - start
-            restarts = sum(r.restarts for r in sup.roles.values())
+            restarted = restarts()
             print(f"\r[{elapsed:6.0f} s] env steps {steps}/{budget} "
                   f"({(steps - first) / elapsed:.0f}/s)  learner samples "
                   f"{counts['samples']:.0f}  replay size {counts['size']:.0f}"
-                  + (f"  restarts {restarts}" if restarts else ""),
+                  + (f"  restarts {restarted}" if restarted else ""),
                   end="", file=sys.stderr, flush=True)
     if status:
         print(file=sys.stderr)
@@ -562,7 +680,8 @@ def main(argv) -> None:
         dataset = preload_dataset(cfg, payload)
         run_dir = new_run_dir(FLAGS.logdir, f"{cfg.name}-{cfg.objective.kind}")
         save_config(run_dir, cfg)
-    summary = run_local(cfg, checkpoint, run_dir, dataset_path=dataset)
+    run = run_inline if FLAGS.mode == "inline" else run_local
+    summary = run(cfg, checkpoint, run_dir, dataset_path=dataset)
     print(summary_table(summary.rows(cfg.objective.kind)
                         + [("tensorboard", tensorboard_command(run_dir))]))
 
@@ -572,5 +691,6 @@ if __name__ == "__main__":
     define_config_flags(pretrain=False)
     define_logdir_flag()
     define_finetune_flags()
+    define_mode_flag()
     define_resume_flag()
     run_main(main)

@@ -17,6 +17,7 @@ from launch.flags import (
     define_config_flags,
     define_finetune_flags,
     define_logdir_flag,
+    define_mode_flag,
     define_resume_flag,
     new_run_dir,
     resolve_config,
@@ -26,6 +27,7 @@ from launch.flags import (
 define_config_flags(pretrain=True)
 define_logdir_flag()
 define_finetune_flags()
+define_mode_flag()
 define_resume_flag()
 flags.DEFINE_bool("online", True, "Fine-tune online after pretraining.")
 
@@ -63,7 +65,7 @@ def _resume_stages(run_dir: Path):
 
 def main(argv) -> None:
     del argv
-    from launch.local import resume_run, run_local
+    from launch.local import resume_run, run_inline, run_local
     from launch.pipeline import (
         given_dataset,
         obtain_dataset,
@@ -112,7 +114,8 @@ def main(argv) -> None:
         checkpoint = result.checkpoint
         if FLAGS.resume and (run_dir / "finetune.json").is_file():
             cfg, checkpoint, _, _ = resume_run(str(run_dir))
-        online = run_local(cfg, checkpoint, run_dir, dataset_path=dataset.source)
+        run = run_inline if FLAGS.mode == "inline" else run_local
+        online = run(cfg, checkpoint, run_dir, dataset_path=dataset.source)
         rows += [
             ("fine-tuned eval return", f"{online.final_return:.1f}"),
             ("online env steps", f"{online.env_steps} ({online.env_steps_per_s:.0f}/s)"),

@@ -318,8 +318,13 @@ def run_env_steps(address: str, spec: ReplaySpec) -> int:
 
 
 def actor_role(actor_id: int, cfg, paths: RunPaths, address: str, spec: ReplaySpec,
-               stop, incarnation: int = 0) -> None:
+               stop, incarnation: int = 0, own_process: bool = True) -> None:
     """Act with the newest weights and write finished episodes until `stop`.
+
+    In a process of its own (`own_process`) torch gets one intra-op thread: batched
+    inference of a small model is bound by per-op overhead, and the other roles need
+    the cores. A role that shares its process (`launch.local --mode=inline`) leaves the
+    process's setting alone.
 
     `incarnation` counts restarts of this actor: each one gets its own seeds. The
     actor's TensorBoard step is the run's environment steps when it started plus its
@@ -329,7 +334,8 @@ def actor_role(actor_id: int, cfg, paths: RunPaths, address: str, spec: ReplaySp
     from actors.context import BatchedPolicy
     from actors.envs import VectorEnv
 
-    torch.set_num_threads(1)
+    if own_process:
+        torch.set_num_threads(1)
     seed = (cfg.seed * 10_000 + 100 + actor_id * cfg.actor.envs_per_actor
             + incarnation * 1_000_003)
     model = policy_from_checkpoint(cfg, paths.checkpoint)
@@ -401,12 +407,14 @@ def evaluate_and_log(cfg, model, writer, env_steps: int, learner_step: int):
 
 
 def evaluator_role(cfg, paths: RunPaths, address: str, spec: ReplaySpec, stop,
-                   incarnation: int = 0) -> None:
-    """Evaluate the newest weights every `eval_every_env_steps` until `stop`."""
+                   incarnation: int = 0, own_process: bool = True) -> None:
+    """Evaluate the newest weights every `eval_every_env_steps` until `stop`
+    (`own_process`: as in `actor_role`)."""
     from replay.tables import as_client
 
     del incarnation  # evaluation seeds are fixed: every evaluation is comparable
-    torch.set_num_threads(1)
+    if own_process:
+        torch.set_num_threads(1)
     model = policy_from_checkpoint(cfg, paths.checkpoint)
     client = as_client(address)
     puller = ParamsPuller(address, expected_params(model), interval_s=cfg.actor.params_interval_s)
@@ -431,15 +439,16 @@ def evaluator_role(cfg, paths: RunPaths, address: str, spec: ReplaySpec, stop,
 
 
 def worker_role(role: Role, cfg, paths: RunPaths, address: str, spec: ReplaySpec, stop,
-                incarnation: int = 0) -> None:
+                incarnation: int = 0, own_process: bool = True) -> None:
     """The learner, an actor or the evaluator of `launch.program` (every role but the
     replay server), against the replay server at `address`, until `stop`.
-    `incarnation` counts restarts of a restartable role."""
+    `incarnation` counts restarts of a restartable role; `own_process` is False for a
+    role that shares its process with the others (a thread of the inline mode)."""
     if role.kind == "learner":
         learner_role(cfg, paths, address, spec, stop)
     elif role.kind == "actor":
-        actor_role(role.actor_id, cfg, paths, address, spec, stop, incarnation)
+        actor_role(role.actor_id, cfg, paths, address, spec, stop, incarnation, own_process)
     elif role.kind == "evaluator":
-        evaluator_role(cfg, paths, address, spec, stop, incarnation)
+        evaluator_role(cfg, paths, address, spec, stop, incarnation, own_process)
     else:
         raise ValueError(f"worker_role runs the learner, actors and evaluator, not {role.kind!r}")

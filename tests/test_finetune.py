@@ -22,7 +22,7 @@ from common import ENV, REPO, tiny_config
 from actors.actor import Actor
 from actors.context import BatchedPolicy
 from actors.envs import VectorEnv
-from launch.local import run_local
+from launch.local import run_inline, run_local
 from launch.pipeline import pretrain, pretrain_critic
 from launch.program import run_roles
 from learner.checkpoint import load_checkpoint
@@ -89,6 +89,25 @@ def test_local_run_with_two_actors_finishes_and_logs(local_runs, kind):
     tolerance = cfg.replay.tolerance_steps * spi
     for (_, samples), (_, env_steps) in zip(learner["replay/samples"], learner["replay/env_steps"]):
         assert samples <= env_steps * spi + tolerance + cfg.optim.batch_size * 4
+
+
+@pytest.mark.slow
+def test_inline_mode_runs_the_same_program_in_one_process(local_runs, tmp_path):
+    """launch.local's inline mode (every role a thread of this process, one actor) stops
+    at the budget with learner updates, starts no process, and logs the same tags as
+    the process mode's run of the same config."""
+    cfg, process_dir, _, _ = local_runs["odt"]
+    started = json.loads((process_dir / "finetune.json").read_text())
+    me = psutil.Process()
+    summary = run_inline(cfg, started["checkpoint"], tmp_path, dataset_path=started["dataset"],
+                         status=False)
+    assert not role_processes(me)
+    assert summary.env_steps >= cfg.finetune.env_steps and summary.updates > 0
+    for role in ("learner", "actor_0", "evaluator"):
+        inline_tags = set(read_scalars(tmp_path / role))
+        process_tags = set(read_scalars(process_dir / role))
+        assert inline_tags == process_tags, (role, inline_tags ^ process_tags)
+    assert not (tmp_path / "actor_1").exists()
 
 
 @pytest.mark.slow
