@@ -132,6 +132,9 @@ def define_resume_flag() -> None:
                       "with its saved config (only --env_steps may change).")
 
 
+PROJECT_PACKAGES = ("actors", "bench", "launch", "learner", "models", "replay")
+
+
 def adopt_key_flags() -> None:
     """Make every flag defined by onramp's own modules a key flag of the main module, so
     that `--help` lists them all with their defaults (absl's `--help` shows only the
@@ -142,8 +145,6 @@ def adopt_key_flags() -> None:
             for flag in module_flags:
                 flags.FLAGS.register_key_flag_for_module(main, flag)
 
-
-PROJECT_PACKAGES = ("actors", "bench", "launch", "learner", "models", "replay")
 
 
 # Flag name -> the dotted config field it overrides, for every entry point that has it.

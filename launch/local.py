@@ -262,6 +262,27 @@ class _Signal(BaseException):
         self.signum = signum
 
 
+def _raise_on_stop_signals() -> dict:
+    """Make SIGINT and SIGTERM raise _Signal in the main thread; returns the handlers
+    they replace (for `_restore_signals`). A second signal is ignored until the first
+    is handled."""
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+
+    def on_signal(signum, frame):
+        for sig in previous:
+            signal.signal(sig, signal.SIG_IGN)
+        raise _Signal(signum)
+
+    for sig in previous:
+        signal.signal(sig, on_signal)
+    return previous
+
+
+def _restore_signals(previous: dict) -> None:
+    for sig, handler in previous.items():
+        signal.signal(sig, handler)
+
+
 def resume_hint(run_dir: Path) -> str:
     return f"resume with: python -m launch.local --resume --logdir={run_dir}"
 
@@ -358,15 +379,7 @@ def run_inline(cfg, checkpoint: str | Path, run_dir: Path, *, dataset_path: str 
                 threads[role.name].join(timeout_s)
 
     start_time = time.perf_counter()
-    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-
-    def on_signal(signum, frame):
-        for sig in previous:
-            signal.signal(sig, signal.SIG_IGN)
-        raise _Signal(signum)
-
-    for sig in previous:
-        signal.signal(sig, on_signal)
+    previous = _raise_on_stop_signals()
     try:
         try:
             start(program[0].name, roles.replay_role, cfg, env_info, dataset_path,
@@ -404,8 +417,7 @@ def run_inline(cfg, checkpoint: str | Path, run_dir: Path, *, dataset_path: str 
         check()
     finally:
         stop_in_order(5)
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        _restore_signals(previous)
     return final_summary(cfg, paths, payload, time.perf_counter() - start_time)
 
 
@@ -426,15 +438,7 @@ def run_local(cfg, checkpoint: str | Path, run_dir: Path, *, dataset_path: str |
     stop_workers, stop_replay = StopFlag(sup.ctx), StopFlag(sup.ctx)
     ready = sup.ctx.Queue()
     start = time.perf_counter()
-    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-
-    def on_signal(signum, frame):
-        for sig in previous:  # a second signal waits until this one is handled
-            signal.signal(sig, signal.SIG_IGN)
-        raise _Signal(signum)
-
-    for sig in previous:
-        signal.signal(sig, on_signal)
+    previous = _raise_on_stop_signals()
     address, preload_items = None, 0
     program = run_roles(cfg.actor.num_actors)  # replay first, then the workers
     try:
@@ -478,8 +482,7 @@ def run_local(cfg, checkpoint: str | Path, run_dir: Path, *, dataset_path: str |
         stop_replay.set()
         sup.join(["replay"], timeout=3)
         sup.kill_all(grace_s=0.5)
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        _restore_signals(previous)
     return final_summary(cfg, paths, payload, time.perf_counter() - start)
 
 

@@ -73,8 +73,9 @@ class NonFiniteUpdate(Exception):
 
 
 class Learner:
-    """The transformer (LAMB), the temperature (Adam) and, under odt_td3, the twin critic
-    (AdamW) with target copies of both networks.
+    """The transformer (LAMB), the temperature (Adam), the step counters and the NaN/inf
+    skip; `rule`, the objective's update rule, adds what else it trains (under odt_td3
+    the twin critic, AdamW, and target copies of both networks).
 
     Data parallelism. When torch.distributed runs more than one rank, each backward is
     followed by `distributed.average_gradients` over the parameters that optimizer is
