@@ -23,16 +23,11 @@ reaches the whole process group is handled by the launcher alone.
 
 from __future__ import annotations
 
-import ctypes
-import json
-import multiprocessing as mp
-import os
 import queue
 import signal
 import sys
 import time
 import traceback
-from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from absl import flags
@@ -50,281 +45,28 @@ from launch.flags import (
     resolve_config,
     run_main,
 )
-from launch.program import env_steps, run_roles, stop_order
+from launch.program import run_roles, stop_order
+from launch.runs import (
+    FinetuneSummary,
+    env_info,
+    final_summary,
+    fit_model_to_checkpoint,
+    resume_hint,
+    resume_run,
+    start_run,
+    watch_budget,
+)
+from launch.supervisor import (
+    RoleDied,
+    StopFlag,
+    StopSignal,
+    Supervisor,
+    raise_on_stop_signals,
+    restore_signals,
+)
 
 SIGNAL_STOP_S = 10.0
 """Every child is gone this long after SIGINT or SIGTERM."""
-
-
-@dataclass
-class FinetuneSummary:
-    env_steps: int
-    updates: int
-    seconds: float
-    final_return: float
-    final_normalized: float | None
-    learner_checkpoint: Path
-
-    @property
-    def env_steps_per_s(self) -> float:
-        return self.env_steps / self.seconds if self.seconds else 0.0
-
-    @property
-    def updates_per_s(self) -> float:
-        return self.updates / self.seconds if self.seconds else 0.0
-
-    def rows(self, objective: str) -> list[tuple[str, str]]:
-        """The summary table an entry point prints at the end of a run."""
-        return [
-            ("objective", objective),
-            ("env steps", str(self.env_steps)),
-            ("updates", str(self.updates)),
-            ("fine-tuned eval return", f"{self.final_return:.1f}"),
-            ("wall time", f"{self.seconds:.0f} s"),
-            ("env steps/s", f"{self.env_steps_per_s:.0f}"),
-            ("updates/s", f"{self.updates_per_s:.1f}"),
-            ("checkpoint", str(self.learner_checkpoint)),
-        ]
-
-
-def _env_info(env_id: str) -> dict:
-    from actors.envs import env_spec
-
-    spec = env_spec(env_id)
-    return {
-        "observation_shape": spec.observation_shape,
-        "action_shape": spec.action_shape,
-        "action_low": spec.action_low.tolist(),
-        "action_high": spec.action_high.tolist(),
-        "max_episode_steps": spec.max_episode_steps,
-    }
-
-
-class RoleDied(RuntimeError):
-    """A role process that may not be restarted (or has no restarts left) died."""
-
-
-def _role_main(target, *args) -> None:
-    """The body of a child process: the role, with SIGINT left to the launcher.
-
-    The process ends with os._exit once the role returns (its files and checkpoints
-    are closed by then): tearing down an interpreter holding TensorFlow, torch and
-    gRPC threads takes seconds, which a signalled run does not have.
-    """
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    code = 0
-    try:
-        target(*args)
-    except BaseException:
-        traceback.print_exc()
-        code = 1
-    finally:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
-
-
-@dataclass
-class _Role:
-    target: object
-    args: tuple
-    restartable: bool
-    restarts: int = 0
-    restart_at: float | None = None
-    exit_codes: list[int] = field(default_factory=list)
-
-
-class Supervisor:
-    """Owns the child processes: starts, restarts, watches and always stops them.
-
-    A restartable role (actors, evaluator) that dies is started again after
-    `backoff_s`, then twice that, and so on, at most `max_restarts` times; its target
-    gets the restart count as its last argument. Any other role that dies, or a
-    restartable one past its limit, makes `poll` raise RoleDied. With `run_dir`, each
-    role's pid and restarts are kept in `run_dir/processes.json`.
-    """
-
-    def __init__(self, run_dir: Path | None = None, max_restarts: int = 3,
-                 backoff_s: float = 1.0, log=None):
-        self.ctx = mp.get_context("spawn")
-        self.children: dict[str, mp.Process] = {}
-        self.roles: dict[str, _Role] = {}
-        self.run_dir = run_dir
-        self.max_restarts = max_restarts
-        self.backoff_s = backoff_s
-        self.log = log or (lambda message: print(message, file=sys.stderr, flush=True))
-
-    def start(self, name: str, target, *args, restartable: bool = False) -> mp.Process:
-        self.roles[name] = _Role(target, args, restartable)
-        return self._spawn(name)
-
-    def _spawn(self, name: str) -> mp.Process:
-        role = self.roles[name]
-        args = role.args + ((role.restarts,) if role.restartable else ())
-        proc = self.ctx.Process(target=_role_main, args=(role.target, *args), name=name,
-                                daemon=False)
-        proc.start()
-        self.children[name] = proc
-        self._record()
-        return proc
-
-    def _record(self) -> None:
-        if self.run_dir is None:
-            return
-        table = {name: {"pid": p.pid, "restarts": self.roles[name].restarts,
-                        "exit_codes": self.roles[name].exit_codes}
-                 for name, p in self.children.items()}
-        path = Path(self.run_dir) / "processes.json"
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(table, indent=1))
-        tmp.replace(path)
-
-    def poll(self) -> None:
-        """Restart what died and may be restarted; raise RoleDied for anything else."""
-        now = time.monotonic()
-        for name, role in self.roles.items():
-            code = self.children[name].exitcode
-            if code is None or code == 0:
-                continue
-            if not role.restartable:
-                raise RoleDied(f"{name} exited with code {code}")
-            if role.restart_at is None:
-                role.exit_codes.append(code)
-                if role.restarts >= self.max_restarts:
-                    raise RoleDied(f"{name} exited with code {code} after {role.restarts} "
-                                   f"restarts (finetune.max_restarts={self.max_restarts})")
-                delay = self.backoff_s * 2 ** role.restarts
-                role.restart_at = now + delay
-                self.log(f"{name} exited with code {code}; restarting it in {delay:g} s "
-                         f"(restart {role.restarts + 1} of {self.max_restarts})")
-            elif now >= role.restart_at:
-                role.restarts += 1
-                role.restart_at = None
-                self._spawn(name)
-
-    def failed(self) -> list[str]:
-        return [f"{name} (exit code {p.exitcode})" for name, p in self.children.items()
-                if p.exitcode not in (None, 0)]
-
-    def alive(self, name: str) -> bool:
-        proc = self.children.get(name)
-        return proc is not None and proc.is_alive()
-
-    def join(self, names, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        for name in names:
-            proc = self.children.get(name)
-            if proc is not None:
-                proc.join(max(deadline - time.monotonic(), 0.0))
-
-    def kill_all(self, grace_s: float = 5.0) -> None:
-        alive = [p for p in self.children.values() if p.is_alive()]
-        for proc in alive:
-            proc.terminate()
-        deadline = time.monotonic() + grace_s
-        for proc in alive:
-            proc.join(max(deadline - time.monotonic(), 0.0))
-            if proc.is_alive():
-                proc.kill()
-                proc.join(1.0)
-
-
-class StopFlag:
-    """A stop request shared with child processes that survives their being killed.
-
-    multiprocessing.Event takes a shared lock in `is_set`; a child killed with
-    SIGKILL while holding it (actors poll every step) would leave the launcher
-    blocked forever in `set`. This flag is one lock-free shared byte; `wait` polls.
-    Same interface as the events the roles take (`is_set`, `set`, `wait`).
-    """
-
-    def __init__(self, ctx):
-        self._flag = ctx.RawValue(ctypes.c_bool, False)
-
-    def set(self) -> None:
-        self._flag.value = True
-
-    def is_set(self) -> bool:
-        return bool(self._flag.value)
-
-    def wait(self, timeout: float | None = None) -> bool:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while not self.is_set():
-            if deadline is not None and time.monotonic() >= deadline:
-                return False
-            time.sleep(0.05)
-        return True
-
-
-class _Signal(BaseException):
-    def __init__(self, signum: int):
-        super().__init__(signum)
-        self.signum = signum
-
-
-def _raise_on_stop_signals() -> dict:
-    """Make SIGINT and SIGTERM raise _Signal in the main thread; returns the handlers
-    they replace (for `_restore_signals`). A second signal is ignored until the first
-    is handled."""
-    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-
-    def on_signal(signum, frame):
-        for sig in previous:
-            signal.signal(sig, signal.SIG_IGN)
-        raise _Signal(signum)
-
-    for sig in previous:
-        signal.signal(sig, on_signal)
-    return previous
-
-
-def _restore_signals(previous: dict) -> None:
-    for sig, handler in previous.items():
-        signal.signal(sig, handler)
-
-
-def resume_hint(run_dir: Path) -> str:
-    return f"resume with: python -m launch.local --resume --logdir={run_dir}"
-
-
-def fit_model_to_checkpoint(cfg, payload: dict, checkpoint, env_info: dict):
-    """`cfg` with the checkpoint's model; CheckpointError when it cannot act in cfg's env.
-
-    The checkpoint defines the network (its width and depth come from pretraining);
-    its observation, action and context sizes must fit the environment and the
-    replay windows of this run.
-    """
-    from learner.checkpoint import CheckpointError, model_config_from
-
-    model = model_config_from(payload)
-    obs, act = tuple(env_info["observation_shape"]), tuple(env_info["action_shape"])
-    if (model.state_dim,) != obs or (model.act_dim,) != act:
-        raise CheckpointError(
-            f"{checkpoint}: its model takes observations of size {model.state_dim} and "
-            f"actions of size {model.act_dim}, but {cfg.env.env_id} has observation shape "
-            f"{obs} and action shape {act}; was it pretrained for another preset?"
-        )
-    return replace(cfg, model=model)
-
-
-def _start_run(cfg, checkpoint, run_dir: Path, dataset_path: str | None):
-    """What both modes do first: the config fitted to the checkpoint, the run's record
-    of what it started from (`finetune.json`, kept on resume), and its paths.
-    Returns (cfg, checkpoint payload, env info, dataset path, RunPaths)."""
-    from launch import roles
-    from launch.pipeline import save_config
-    from learner.checkpoint import load_checkpoint
-
-    payload = load_checkpoint(checkpoint)
-    env_info = _env_info(cfg.env.env_id)
-    cfg = fit_model_to_checkpoint(cfg, payload, checkpoint, env_info)
-    dataset_path = dataset_path or payload.get("dataset")
-    started_from = run_dir / "finetune.json"
-    if not started_from.exists():
-        save_config(run_dir, cfg)
-        started_from.write_text(json.dumps({"checkpoint": str(Path(checkpoint).absolute()),
-                                            "dataset": dataset_path}))
-    return cfg, payload, env_info, dataset_path, roles.RunPaths(str(run_dir), str(checkpoint))
 
 
 def run_inline(cfg, checkpoint: str | Path, run_dir: Path, *, dataset_path: str | None = None,
@@ -345,7 +87,7 @@ def run_inline(cfg, checkpoint: str | Path, run_dir: Path, *, dataset_path: str 
     from replay.tables import wait_for_server
 
     run_dir = Path(run_dir)
-    cfg, payload, env_info, dataset_path, paths = _start_run(cfg, checkpoint, run_dir,
+    cfg, payload, env_info, dataset_path, paths = start_run(cfg, checkpoint, run_dir,
                                                              dataset_path)
     program = run_roles(1)
     # One stop event per role, set in `stop_order`: an actor held by the rate limiter is
@@ -379,7 +121,7 @@ def run_inline(cfg, checkpoint: str | Path, run_dir: Path, *, dataset_path: str 
                 threads[role.name].join(timeout_s)
 
     start_time = time.perf_counter()
-    previous = _raise_on_stop_signals()
+    previous = raise_on_stop_signals()
     try:
         try:
             start(program[0].name, roles.replay_role, cfg, env_info, dataset_path,
@@ -397,14 +139,12 @@ def run_inline(cfg, checkpoint: str | Path, run_dir: Path, *, dataset_path: str 
                 raise ValueError(preload_items)
             address = f"localhost:{port}"
             wait_for_server(address, timeout_s=30)
-            spec = roles.replay_spec(cfg, env_info["observation_shape"],
-                                     env_info["action_shape"], env_info["max_episode_steps"],
-                                     preload_items)
+            spec = roles.replay_spec(cfg, env_info, preload_items)
             for role in program[1:]:
                 start(role.name, roles.worker_role, role, cfg, paths, address, spec,
                       stops[role.name], 0, False)
-            _watch_budget(address, preload_items, cfg.finetune.env_steps, status, check)
-        except _Signal as sig:
+            watch_budget(address, preload_items, cfg.finetune.env_steps, status, check)
+        except StopSignal as sig:
             stop_in_order(30)  # the learner writes its final checkpoints
             name = signal.Signals(sig.signum).name
             raise RunInterrupted(f"{name} received; the learner's last checkpoint is "
@@ -417,7 +157,7 @@ def run_inline(cfg, checkpoint: str | Path, run_dir: Path, *, dataset_path: str 
         check()
     finally:
         stop_in_order(5)
-        _restore_signals(previous)
+        restore_signals(previous)
     return final_summary(cfg, paths, payload, time.perf_counter() - start_time)
 
 
@@ -432,13 +172,13 @@ def run_local(cfg, checkpoint: str | Path, run_dir: Path, *, dataset_path: str |
     from replay.tables import wait_for_server
 
     run_dir = Path(run_dir)
-    cfg, payload, env_info, dataset_path, paths = _start_run(cfg, checkpoint, run_dir,
+    cfg, payload, env_info, dataset_path, paths = start_run(cfg, checkpoint, run_dir,
                                                              dataset_path)
     sup = Supervisor(run_dir, cfg.finetune.max_restarts, cfg.finetune.restart_backoff_s)
     stop_workers, stop_replay = StopFlag(sup.ctx), StopFlag(sup.ctx)
     ready = sup.ctx.Queue()
     start = time.perf_counter()
-    previous = _raise_on_stop_signals()
+    previous = raise_on_stop_signals()
     address, preload_items = None, 0
     program = run_roles(cfg.actor.num_actors)  # replay first, then the workers
     try:
@@ -448,13 +188,11 @@ def run_local(cfg, checkpoint: str | Path, run_dir: Path, *, dataset_path: str |
             port, preload_items = _wait_ready(ready, sup, timeout_s=300)
             address = f"localhost:{port}"
             wait_for_server(address, timeout_s=30)
-            spec = roles.replay_spec(cfg, env_info["observation_shape"],
-                                     env_info["action_shape"], env_info["max_episode_steps"],
-                                     preload_items)
+            spec = roles.replay_spec(cfg, env_info, preload_items)
             for role in program[1:]:
                 sup.start(role.name, roles.worker_role, role, cfg, paths, address, spec,
                           stop_workers, restartable=role.restartable)
-            _watch_budget(address, preload_items, cfg.finetune.env_steps, status, sup.poll,
+            watch_budget(address, preload_items, cfg.finetune.env_steps, status, sup.poll,
                           lambda: sum(r.restarts for r in sup.roles.values()))
             stop_workers.set()
             sup.join(["learner"], timeout=120)
@@ -462,7 +200,7 @@ def run_local(cfg, checkpoint: str | Path, run_dir: Path, *, dataset_path: str |
             if sup.alive("learner"):
                 raise RoleDied("learner did not stop within 120 s")
             sup.poll()
-        except _Signal as sig:
+        except StopSignal as sig:
             stop_workers.set()
             sup.join(["learner"], timeout=SIGNAL_STOP_S - 4)  # its final checkpoints
             _stop_workers(sup, 1.0)
@@ -482,7 +220,7 @@ def run_local(cfg, checkpoint: str | Path, run_dir: Path, *, dataset_path: str |
         stop_replay.set()
         sup.join(["replay"], timeout=3)
         sup.kill_all(grace_s=0.5)
-        _restore_signals(previous)
+        restore_signals(previous)
     return final_summary(cfg, paths, payload, time.perf_counter() - start)
 
 
@@ -522,26 +260,6 @@ def _stop_after_failure(sup: Supervisor, address: str | None, paths, preload_ite
             sup.log(f"replay checkpoint failed: {error}")
 
 
-def final_summary(cfg, paths, pretrained: dict, seconds: float) -> FinetuneSummary:
-    """Evaluate the learner's last checkpoint (logged at the final env step) and sum up."""
-    from launch import roles
-    from learner.checkpoint import load_policy
-    from learner.tensorboard import SummaryWriter
-
-    model, final = load_policy(paths.learner_checkpoint)
-    with SummaryWriter(paths.role_dir("evaluator")) as writer:
-        result = roles.evaluate_and_log(cfg, model, writer, final["env_steps"],
-                                        final["learner"]["step"])
-    return FinetuneSummary(
-        env_steps=int(final["env_steps"]),
-        updates=int(final["learner"]["step"]) - int(pretrained["learner"]["step"]),
-        seconds=seconds,
-        final_return=result.mean_return,
-        final_normalized=result.normalized_score,
-        learner_checkpoint=paths.learner_checkpoint,
-    )
-
-
 def _wait_ready(ready, sup: Supervisor, timeout_s: float) -> tuple[int, int]:
     """(port, preload items) from the replay role; its refusal of a restored table is
     re-raised here as ValueError (bad input: a run directory from another config)."""
@@ -558,103 +276,7 @@ def _wait_ready(ready, sup: Supervisor, timeout_s: float) -> tuple[int, int]:
     raise RunFailed(f"replay server not ready within {timeout_s:g} s")
 
 
-def _watch_budget(address: str, preload: int, budget: int, status: bool, poll,
-                  restarts=lambda: 0) -> int:
-    """Read the replay server's counters every second until the env-step budget is
-    reached; `poll()` raises RoleDied when a role has died (and restarts what may be);
-    with `status`, a status line shows progress and `restarts()`."""
-    from replay.tables import (
-        EXPERIENCE_TABLE,
-        ReplayUnavailable,
-        as_client,
-        table_counts,
-    )
-
-    client = as_client(address)
-    start = time.perf_counter()
-    steps = first = None
-    while steps is None or steps < budget:
-        time.sleep(1.0)
-        poll()
-        try:
-            counts = table_counts(client, EXPERIENCE_TABLE)
-        except (ReplayUnavailable, RuntimeError):
-            poll()
-            raise RoleDied("the replay server stopped answering") from None
-        steps = env_steps(counts, preload)
-        first = steps if first is None else first
-        if status:
-            elapsed = time.perf_counter() - start
-            restarted = restarts()
-            print(f"\r[{elapsed:6.0f} s] env steps {steps}/{budget} "
-                  f"({(steps - first) / elapsed:.0f}/s)  learner samples "
-                  f"{counts['samples']:.0f}  replay size {counts['size']:.0f}"
-                  + (f"  restarts {restarted}" if restarted else ""),
-                  end="", file=sys.stderr, flush=True)
-    if status:
-        print(file=sys.stderr)
-    return steps
-
-
 # ---- entry point -----------------------------------------------------------------
-
-
-# Flags a resumed run may not change: it continues with its saved config.
-_FIXED_ON_RESUME = ("preset", "dataset", "seed", "device", "objective", "pretrain_updates",
-                    "critic_pretrain_updates",
-                    "eval_episodes", "collect_episodes", "num_actors", "envs_per_actor",
-                    "set", "checkpoint")
-
-
-def saved_config(run_dir: Path):
-    """The run's saved config.json, with --env_steps if given, for --resume.
-
-    ValueError when a flag tries to change the config (only --env_steps may) or
-    when there is no readable config.json.
-    """
-    from launch.flags import checked
-    from launch.presets import RunConfig
-
-    FLAGS = flags.FLAGS
-    changed = [f"--{name}" for name in _FIXED_ON_RESUME if name in FLAGS and FLAGS[name].present]
-    if changed:
-        raise ValueError(f"--resume continues {run_dir} with its saved config; "
-                         f"{', '.join(changed)} cannot change it (only --env_steps can)")
-    path = run_dir / "config.json"
-    if not path.is_file():
-        raise ValueError(f"--logdir={run_dir}: no config.json; nothing to resume")
-    try:
-        cfg = RunConfig.from_dict(json.loads(path.read_text()))
-    except (ValueError, TypeError) as exc:  # json.JSONDecodeError is a ValueError
-        raise ValueError(f"{path}: unreadable saved config ({exc})") from exc
-    if FLAGS.env_steps is not None:
-        cfg = replace(cfg, finetune=replace(cfg.finetune, env_steps=FLAGS.env_steps))
-    return checked(cfg)
-
-
-def resume_run(logdir: str | None) -> tuple[object, Path, Path, str | None]:
-    """(config, checkpoint, run directory, dataset) of the fine-tuning run to continue.
-
-    The config is `saved_config`; the checkpoint is the learner's latest, or the one
-    the run started from when the learner never wrote one. ValueError when there is
-    nothing to resume.
-    """
-    if not logdir:
-        raise ValueError("--resume needs --logdir: the run directory to continue")
-    run_dir = Path(logdir)
-    cfg = saved_config(run_dir)
-    started = run_dir / "finetune.json"
-    if not started.is_file():
-        raise ValueError(f"--logdir={run_dir}: not a fine-tuning run directory "
-                         "(no finetune.json); nothing to resume")
-    try:
-        origin = json.loads(started.read_text())
-    except ValueError as exc:
-        raise ValueError(f"{started}: unreadable ({exc})") from exc
-    checkpoint = run_dir / "learner" / "checkpoint.pt"
-    if not checkpoint.is_file():
-        checkpoint = Path(origin["checkpoint"])
-    return cfg, checkpoint, run_dir, origin.get("dataset")
 
 
 def main(argv) -> None:
@@ -679,7 +301,7 @@ def main(argv) -> None:
         # A checkpoint that cannot run here, or a dataset that cannot be preloaded, is
         # refused before the run directory exists.
         payload = load_checkpoint(checkpoint)
-        fit_model_to_checkpoint(cfg, payload, checkpoint, _env_info(cfg.env.env_id))
+        fit_model_to_checkpoint(cfg, payload, checkpoint, env_info(cfg.env.env_id))
         dataset = preload_dataset(cfg, payload)
         run_dir = new_run_dir(FLAGS.logdir, f"{cfg.name}-{cfg.objective.kind}")
         save_config(run_dir, cfg)

@@ -38,8 +38,8 @@ def _resume_stages(run_dir: Path):
     The dataset is reused once recorded, pretraining once it wrote its final
     checkpoint; a started fine-tuning run continues from its own checkpoints.
     """
-    from launch.local import saved_config
     from launch.pipeline import obtain_dataset
+    from launch.runs import saved_config
     from learner.checkpoint import load_checkpoint
     from learner.pretrain import PretrainResult
     from learner.tensorboard import read_scalars
@@ -65,7 +65,7 @@ def _resume_stages(run_dir: Path):
 
 def main(argv) -> None:
     del argv
-    from launch.local import resume_run, run_inline, run_local
+    from launch.local import run_inline, run_local
     from launch.pipeline import (
         given_dataset,
         obtain_dataset,
@@ -74,6 +74,7 @@ def main(argv) -> None:
         summary_table,
         tensorboard_command,
     )
+    from launch.runs import resume_run
 
     FLAGS = flags.FLAGS
     start = time.perf_counter()

@@ -183,15 +183,15 @@ class _Announce:
 
 def run_replay(cfg, port: int, checkpoint: str, stop: threading.Event, say: Log) -> None:
     from launch import roles  # reverb before torch
-    from launch.local import _env_info
     from launch.pipeline import preload_dataset
+    from launch.runs import env_info
     from learner.checkpoint import load_checkpoint
 
     dataset_path = preload_dataset(cfg, load_checkpoint(checkpoint))  # checked: bad input exits 2
     if dataset_path:
         say(f"preloading the top {cfg.replay.preload_trajectories} trajectories of "
             f"{dataset_path}")
-    roles.replay_role(cfg, _env_info(cfg.env.env_id), dataset_path, port, _Announce(say), stop)
+    roles.replay_role(cfg, env_info(cfg.env.env_id), dataset_path, port, _Announce(say), stop)
 
 
 def wait_for_preload(client, preload_items: int, stop: threading.Event, say: Log,
@@ -219,7 +219,7 @@ def run_worker(role: Role, cfg, paths, address: str, wait_s: float,
                stop: threading.Event, say: Log, warn: Log) -> None:
     """The learner, an actor or the evaluator, against the replay server at `address`."""
     from launch import roles  # reverb before torch
-    from launch.local import _env_info
+    from launch.runs import env_info
     from replay.tables import (
         EXPERIENCE_TABLE,
         as_client,
@@ -233,9 +233,8 @@ def run_worker(role: Role, cfg, paths, address: str, wait_s: float,
     wait_for_server(address, timeout_s=wait_s, log=warn)
     client = as_client(address)
     preload = preload_items_from_server(client)
-    env = _env_info(cfg.env.env_id)
-    spec = roles.replay_spec(cfg, env["observation_shape"], env["action_shape"],
-                             env["max_episode_steps"], preload)
+    env = env_info(cfg.env.env_id)
+    spec = roles.replay_spec(cfg, env, preload)
     check_server_spec(client, spec)
     wait_for_preload(client, preload, stop, say)
     if stop.is_set():
@@ -294,15 +293,15 @@ def main(argv) -> None:
     StopOnSignal(stop, FLAGS.stop_grace_s, warn).install()  # before any library thread
 
     from launch import roles  # reverb before torch (resolve_config imports torch)
-    from launch.local import _env_info, fit_model_to_checkpoint
     from launch.pipeline import save_config
+    from launch.runs import env_info, fit_model_to_checkpoint
     from learner.checkpoint import load_checkpoint
 
     # The checkpoint defines the network, as in launch.local: the replay windows take its
     # context length, not the preset's.
     cfg = resolve_config()
     cfg = fit_model_to_checkpoint(cfg, load_checkpoint(FLAGS.checkpoint), FLAGS.checkpoint,
-                                  _env_info(cfg.env.env_id))
+                                  env_info(cfg.env.env_id))
     if FLAGS.role == "replay":
         run_replay(cfg, FLAGS.port, FLAGS.checkpoint, stop, say)
     else:

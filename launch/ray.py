@@ -26,6 +26,7 @@ from pathlib import Path
 from absl import flags
 
 from launch.flags import (
+    RunFailed,
     define_config_flags,
     define_finetune_flags,
     define_logdir_flag,
@@ -34,8 +35,9 @@ from launch.flags import (
     resolve_config,
     run_main,
 )
-from launch.local import FinetuneSummary, RunFailed, final_summary
-from launch.program import Role, env_steps, run_roles
+from launch.program import Role, run_roles
+from launch.runs import FinetuneSummary, final_summary, watch_budget
+from launch.supervisor import RoleDied
 
 
 def _import_ray():
@@ -101,24 +103,17 @@ def run_ray(cfg, checkpoint: str | Path, run_dir: Path, *, address: str = "auto"
     """
     ray = _import_ray()
     from launch import roles
-    from launch.local import _env_info, fit_model_to_checkpoint
-    from launch.pipeline import save_config
-    from learner.checkpoint import load_checkpoint
-    from replay.tables import EXPERIENCE_TABLE, table_counts, wait_for_server
+    from launch.runs import start_run
+    from replay.tables import wait_for_server
 
-    payload = load_checkpoint(checkpoint)
-    env_info = _env_info(cfg.env.env_id)
     # The checkpoint defines the network, as in launch.local: the replay windows take
     # its context length, not the preset's.
-    cfg = fit_model_to_checkpoint(cfg, payload, checkpoint, env_info)
+    cfg, payload, env_info, dataset_path, paths = start_run(
+        cfg, checkpoint, Path(run_dir).absolute(), dataset_path)
+    run_dir = Path(paths.run_dir)
     if not ray.is_initialized():
         ray.init(address=address, log_to_driver=status)
     RoleHost = _role_host_class(ray)
-    run_dir = Path(run_dir).absolute()
-    if not (run_dir / "config.json").exists():
-        save_config(run_dir, cfg)
-    dataset_path = dataset_path or payload.get("dataset")
-    paths = roles.RunPaths(str(run_dir), str(Path(checkpoint).absolute()))
     start = time.perf_counter()
     handles: dict[str, object] = {}
     program = run_roles(cfg.actor.num_actors)  # replay first, then the workers
@@ -131,8 +126,7 @@ def run_ray(cfg, checkpoint: str | Path, run_dir: Path, *, address: str = "auto"
         _, host = ray.get(handles["replay"].node.remote())
         replay_address = f"{host}:{port}"
         wait_for_server(replay_address, timeout_s=60)
-        spec = roles.replay_spec(cfg, env_info["observation_shape"], env_info["action_shape"],
-                                 env_info["max_episode_steps"], preload)
+        spec = roles.replay_spec(cfg, env_info, preload)
         for role in program[1:]:
             if role.restartable:  # actors spread over the nodes; Ray restarts a dead one
                 options = {"num_cpus": 1, "max_restarts": max_restarts, "max_task_retries": -1}
@@ -144,15 +138,26 @@ def run_ray(cfg, checkpoint: str | Path, run_dir: Path, *, address: str = "auto"
                 role, (cfg, paths, replay_address, spec), str(run_dir / role.name))
         if on_started is not None:
             on_started(handles)
-        _watch(ray, handles, [role.name for role in program if not role.restartable],
-               replay_address, preload, cfg.finetune.env_steps, status, table_counts,
-               EXPERIENCE_TABLE)
+        essential = [role.name for role in program if not role.restartable]
+
+        def poll() -> None:
+            """A dead role that is not restarted (the learner, the replay server) ends
+            the run; Ray restarts the others."""
+            for name in essential:
+                try:
+                    ray.get(handles[name].node.remote(), timeout=30)
+                except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError) as exc:
+                    raise RoleDied(f"{name} died: {exc}") from exc
+
+        watch_budget(replay_address, preload, cfg.finetune.env_steps, status, poll)
         workers = [role.name for role in program if role.restartable]
         ray.get([handles[n].stop.remote(30) for n in workers], timeout=60)
         if not ray.get(handles["learner"].stop.remote(120), timeout=150):
             raise RunFailed("learner did not stop within 120 s")
     except ray.exceptions.RayActorError as exc:
         raise RunFailed(f"a role that cannot be restarted died: {exc}") from exc
+    except RoleDied as died:
+        raise RunFailed(str(died)) from None
     finally:
         if "replay" in handles:
             try:
@@ -162,31 +167,6 @@ def run_ray(cfg, checkpoint: str | Path, run_dir: Path, *, address: str = "auto"
         for handle in handles.values():
             ray.kill(handle, no_restart=True)
     return final_summary(cfg, paths, payload, time.perf_counter() - start)
-
-
-def _watch(ray, handles, essential, address, preload, budget, status, table_counts,
-           table) -> int:
-    """Poll the replay counters until the budget; a dead `essential` role (the ones that
-    are not restarted: the learner, the replay server) ends the run."""
-    import sys
-
-    start = time.perf_counter()
-    steps = 0
-    while steps < budget:
-        time.sleep(1.0)
-        for name in essential:
-            try:
-                ray.get(handles[name].node.remote(), timeout=30)
-            except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError) as exc:
-                raise RunFailed(f"{name} died: {exc}") from exc
-        steps = env_steps(table_counts(address, table), preload)
-        if status:
-            elapsed = time.perf_counter() - start
-            print(f"\r[{elapsed:6.0f} s] env steps {steps}/{budget}", end="",
-                  file=sys.stderr, flush=True)
-    if status:
-        print(file=sys.stderr)
-    return steps
 
 
 def main(argv) -> None:

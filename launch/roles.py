@@ -85,13 +85,15 @@ def checkpoint_replay_and_record(client, paths: RunPaths, preload_items: int) ->
     return record
 
 
-def replay_spec(cfg, observation_shape, action_shape, max_episode_steps: int,
-                preload_items: int = 0) -> ReplaySpec:
+def replay_spec(cfg, env_info: dict, preload_items: int = 0) -> ReplaySpec:
+    """The tables of a run of `cfg` on the env `env_info` describes (`launch.runs.env_info`),
+    with `preload_items` offline windows: every role builds the same one."""
     return ReplaySpec(
-        observation_shape=tuple(observation_shape),
-        action_shape=tuple(action_shape),
+        observation_shape=tuple(env_info["observation_shape"]),
+        action_shape=tuple(env_info["action_shape"]),
         context_len=cfg.model.context_len,
-        capacity_items=max(cfg.replay.capacity_trajectories * max_episode_steps, preload_items, 1),
+        capacity_items=max(cfg.replay.capacity_trajectories * env_info["max_episode_steps"],
+                           preload_items, 1),
         samples_per_insert=cfg.replay.updates_per_env_step * cfg.optim.batch_size,
         tolerance_steps=cfg.replay.tolerance_steps,
         preload_items=preload_items,
@@ -128,15 +130,13 @@ def replay_role(cfg, env_info: dict, dataset_path: str | None, port: int, ready,
         best = top_episodes(episodes, min(cfg.replay.preload_trajectories,
                                           cfg.replay.capacity_trajectories))
         preload = [flatten_episodes([ep], box) for ep in best if ep.length > 0]
-    spec = replay_spec(cfg, env_info["observation_shape"], env_info["action_shape"],
-                       env_info["max_episode_steps"], sum(len(p) for p in preload))
+    spec = replay_spec(cfg, env_info, sum(len(p) for p in preload))
     server = start_server(spec, port=port or None, checkpoint_dir=checkpoint_dir)
     try:
         client = server.localhost_client()
         if restoring:
             preload_items = preload_items_from_server(client)
-            spec = replay_spec(cfg, env_info["observation_shape"], env_info["action_shape"],
-                               env_info["max_episode_steps"], preload_items)
+            spec = replay_spec(cfg, env_info, preload_items)
             try:
                 counts = check_restored(client, spec)
             except ValueError as error:
