@@ -18,6 +18,7 @@ from pathlib import Path
 
 from learner.config import ComputeConfig, ObjectiveConfig, OptimConfig
 from models import RETIRED_MODEL_FIELDS, CriticConfig, ModelConfig
+from replay.formats import ITEM_FORMATS
 
 
 @dataclass(frozen=True)
@@ -76,6 +77,9 @@ class ReplayConfig:
     """Slack of the sample-to-insert ratio, in environment steps, either way."""
     port: int = 0
     """Port of the replay server; 0 picks a free one (local runs)."""
+    item_format: str = "episode_window"
+    """What one replay item is (`replay.formats.ITEM_FORMATS`); the same for the offline
+    sampler of pretraining and the online tables."""
 
 
 @dataclass(frozen=True)
@@ -187,6 +191,9 @@ def validate(cfg: RunConfig) -> list[str]:
         problems.append(f"data.collect_num_envs={cfg.data.collect_num_envs} must be >= 1")
     if cfg.data.collect_noise < 0:
         problems.append(f"data.collect_noise={cfg.data.collect_noise} must be >= 0")
+    if cfg.replay.item_format not in ITEM_FORMATS:
+        problems.append(f"replay.item_format={cfg.replay.item_format!r} must be one of "
+                        f"{', '.join(sorted(ITEM_FORMATS))}")
     for name in ("capacity_trajectories", "preload_trajectories"):
         if getattr(cfg.replay, name) < 0:
             problems.append(f"replay.{name}={getattr(cfg.replay, name)} must be >= 0")

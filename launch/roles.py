@@ -14,7 +14,7 @@ from __future__ import annotations
 # isort: off
 from replay import _reverb  # noqa: F401  (reverb/TF before torch)
 from replay.params import ParamsPuller, publish_params
-from replay.stream import window_batches
+from replay.formats import item_format
 from replay.tables import (
     EXPERIENCE_TABLE,
     ReplaySpec,
@@ -26,7 +26,6 @@ from replay.tables import (
     start_server,
     table_counts,
 )
-from replay.writer import EpisodeWriter
 
 # isort: on
 import json
@@ -97,6 +96,7 @@ def replay_spec(cfg, env_info: dict, preload_items: int = 0) -> ReplaySpec:
         samples_per_insert=cfg.replay.updates_per_env_step * cfg.optim.batch_size,
         tolerance_steps=cfg.replay.tolerance_steps,
         preload_items=preload_items,
+        item_format=cfg.replay.item_format,
     )
 
 
@@ -148,7 +148,7 @@ def replay_role(cfg, env_info: dict, dataset_path: str | None, port: int, ready,
                                 "replay/restored_samples": counts["samples"]},
                                env_steps(counts, preload_items))
         else:
-            writer = EpisodeWriter(client, spec)
+            writer = item_format(spec.item_format).writer(client, spec)
             for steps in preload:  # ascending return: FIFO evicts the worst first
                 writer.write(steps)
             writer.close()
@@ -173,7 +173,8 @@ def _batches_until(address, spec, batch_size, stop):
 
     while not stop.is_set():
         try:
-            yield from window_batches(address, spec, batch_size, rate_limiter_timeout_ms=1000)
+            yield from item_format(spec.item_format).batches(
+                address, spec, batch_size, rate_limiter_timeout_ms=1000)
         except STREAM_ERRORS as error:
             try:
                 wait_for_server(address, timeout_s=5)
@@ -347,7 +348,7 @@ def actor_role(actor_id: int, cfg, paths: RunPaths, address: str, spec: ReplaySp
     puller.start()
     base_step = run_env_steps(address, spec)
     writer = SummaryWriter(paths.role_dir(f"actor_{actor_id}"), purge_step=base_step)
-    sink = EpisodeWriter(address, spec)
+    sink = item_format(spec.item_format).writer(address, spec)
     if cfg.actor.background_writes:
         sink = BackgroundSink(sink)
     started = time.perf_counter()

@@ -21,7 +21,8 @@ from learner.device import resolve_device, to_device
 from learner.learner import Learner, NonFiniteGuard
 from learner.tensorboard import SummaryWriter, flatten, markdown_table
 from replay.datasets import OfflineDataset
-from replay.offline import OfflineSampler, flatten_episodes, state_statistics
+from replay.formats import item_format
+from replay.offline import flatten_episodes, state_statistics
 from replay.windows import ActionBox
 
 
@@ -47,7 +48,8 @@ def pretrain(cfg, dataset: OfflineDataset, logdir: str | Path, *, action_box: Ac
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
     steps = flatten_episodes(dataset.episodes, action_box)
-    sampler = OfflineSampler(steps, cfg.model.context_len, cfg.optim.batch_size, seed=cfg.seed)
+    sampler = item_format(cfg.replay.item_format).offline_sampler(
+        steps, cfg.model.context_len, cfg.optim.batch_size, seed=cfg.seed)
     learner = Learner(cfg.model, cfg.objective, replace(cfg.optim, seed=cfg.seed), device,
                       cfg.compute)
     learner.set_state_normalization(*state_statistics(dataset.episodes))
@@ -140,7 +142,8 @@ def pretrain_critic(cfg, dataset: OfflineDataset, checkpoint: str | Path,
                                       device)
     learner.reset_targets()
     steps = flatten_episodes(dataset.episodes, action_box)
-    sampler = OfflineSampler(steps, cfg.model.context_len, cfg.optim.batch_size, seed=cfg.seed)
+    sampler = item_format(cfg.replay.item_format).offline_sampler(
+        steps, cfg.model.context_len, cfg.optim.batch_size, seed=cfg.seed)
     role_dir = Path(logdir) / "pretrain_critic"
     writer = SummaryWriter(role_dir)
     learner.rule.pretrain_critic(lambda: to_device(sampler.sample(), device),

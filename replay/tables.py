@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from replay._reverb import reverb, tf
+from replay.formats import ITEM_FORMATS, item_format
 from replay.windows import StoredSteps
 
 EXPERIENCE_TABLE = "experience"
@@ -59,6 +60,8 @@ class ReplaySpec:
     """Windows inserted before online collection; they do not count toward the ratio."""
     min_size_to_sample: int = 1
     """The learner waits until the table holds this many windows."""
+    item_format: str = "episode_window"
+    """What one item is (`replay.formats`): its writer, stored columns and sampler."""
 
     @property
     def tolerance_samples(self) -> float:
@@ -94,6 +97,9 @@ class ReplaySpec:
                 f"{self.min_size_to_sample=} must be <= capacity_items={self.capacity_items}, "
                 "or the learner never starts"
             )
+        if self.item_format not in ITEM_FORMATS:
+            problems.append(f"item_format={self.item_format!r} must be one of "
+                            f"{', '.join(sorted(ITEM_FORMATS))}")
         for field in ("observation_shape", "action_shape"):
             shape = getattr(self, field)
             if not all(isinstance(d, int) and d >= 0 for d in shape):
@@ -118,9 +124,9 @@ def stored_steps(spec: ReplaySpec) -> StoredSteps:
 
 
 def experience_signature(spec: ReplaySpec) -> dict[str, tf.TensorSpec]:
-    """Stored column -> TensorSpec of one window (`StoredSteps`), as writers and
+    """Stored column -> TensorSpec of one item of `spec.item_format`, as writers and
     samplers see it."""
-    shapes = stored_steps(spec).shapes(spec.context_len)
+    shapes = item_format(spec.item_format).stored_shapes(spec)
     return {
         name: tf.TensorSpec(shape, tf.as_dtype(dtype), name=name)
         for name, (shape, dtype) in shapes.items()
