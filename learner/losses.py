@@ -5,11 +5,12 @@ All take (B, K) windows with `mask` 1 on real steps and 0 on left padding.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 
-from models import DeterministicAction, SquashedGaussian
+from models import Categorical, DeterministicAction, SquashedGaussian
 
 
 def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -26,8 +27,8 @@ class ODTLoss:
 
 
 def odt_loss(
-    dist: SquashedGaussian,
-    actions: torch.Tensor,  # (B, K, A) in [-1, 1]
+    dist: SquashedGaussian | Categorical,
+    actions: torch.Tensor,  # (B, K, A) in [-1, 1], or (B, K) indices for a Categorical
     mask: torch.Tensor,  # (B, K)
     log_temperature: torch.Tensor,  # scalar
     target_entropy: float,
@@ -36,15 +37,27 @@ def odt_loss(
     """ODT's max-entropy sequence objective (Zheng et al. 2022, Eq. 5-7).
 
     policy loss = NLL - lambda * H, with lambda held fixed; the dual step moves
-    lambda up when H < target and down when H > target.
+    lambda up when H < target and down when H > target. H is the squashed Gaussian's
+    one-sample estimate, or a Categorical's exact entropy.
     """
     nll = masked_mean(-dist.log_prob(actions), mask)
-    entropy_per_step = dist.entropy()  # (B, K) one-sample estimate
+    entropy_per_step = dist.entropy()  # (B, K)
     entropy = masked_mean(entropy_per_step, mask) if mask_entropy else entropy_per_step.mean()
     temperature = log_temperature.exp()
     loss = nll - temperature.detach() * entropy
     temperature_loss = temperature * (entropy.detach() - target_entropy)
     return ODTLoss(loss, nll.detach(), entropy.detach(), temperature_loss)
+
+
+def discrete_target_entropy(num_actions: int, fraction: float) -> float:
+    """Target entropy for a categorical policy: `fraction` of the uniform policy's
+    entropy log(num_actions), the maximum any policy over `num_actions` actions has
+    (as in discrete SAC, Christodoulou 2019, which uses fraction 0.98)."""
+    if num_actions < 1:
+        raise ValueError(f"{num_actions=} must be >= 1")
+    if not 0.0 <= fraction <= 1.0:
+        raise ValueError(f"{fraction=} must lie in [0, 1]")
+    return fraction * math.log(num_actions)
 
 
 def supervised_mse(action: DeterministicAction, actions: torch.Tensor, mask: torch.Tensor):

@@ -3,21 +3,28 @@ registry that builds a model from its config's key. Imports torch alone."""
 
 from models.critic import CriticConfig, TwinQ
 from models.decision_transformer import (
+    ACTION_KIND_HEADS,
+    ACTION_KINDS,
     HEADS,
     RETIRED_MODEL_FIELDS,
     DecisionTransformer,
+    FrameEncoder,
     ModelConfig,
 )
-from models.heads import DeterministicAction, SquashedGaussian
+from models.heads import Categorical, DeterministicAction, SquashedGaussian
 from models.registry import MODELS, build_model, register_model
 
 __all__ = [
+    "ACTION_KINDS",
+    "ACTION_KIND_HEADS",
     "HEADS",
     "MODELS",
     "RETIRED_MODEL_FIELDS",
+    "Categorical",
     "CriticConfig",
     "DecisionTransformer",
     "DeterministicAction",
+    "FrameEncoder",
     "ModelConfig",
     "SquashedGaussian",
     "TwinQ",

@@ -8,25 +8,38 @@ References:
   embedding by default, the action read from the state token.
 - Radford et al. 2019 (GPT-2) for the block layout; Karpathy's nanoGPT for the
   shape of this file.
+- Mnih et al. 2015, "Human-level control through deep reinforcement learning"
+  (Nature DQN) for the convolutional frame encoder of image observations, which
+  Chen et al. 2021 also use for their Atari runs.
 
-Inputs are in environment units: raw states (normalized here with the frozen
-offline mean/std held as buffers) and raw returns-to-go (scaled here by
-`return_scale`). Actions are in the normalized box [-1, 1]. Sequences are
-left-padded; `mask` is 1 on real steps and 0 on padding.
+Inputs are in environment units: raw states and raw returns-to-go (scaled here by
+`return_scale`). Vector states are normalized here with the frozen offline mean/std
+held as buffers; image states (`ModelConfig.frame_shape`) arrive as uint8 pixels and
+are scaled to [0, 1] inside the frame encoder, without mean/std normalization.
+Continuous actions are in the normalized box [-1, 1]; discrete actions are integer
+indices. Sequences are left-padded; `mask` is 1 on real steps and 0 on padding.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.heads import DeterministicHead, SquashedGaussianHead
+from models.heads import CategoricalHead, DeterministicHead, SquashedGaussianHead
 from models.registry import MODELS, register_model
 
-HEADS = ("gaussian", "deterministic")
+ACTION_KINDS = ("continuous", "discrete")
+"""Values of `ModelConfig.action_kind`: Box actions in [-1, 1], or Discrete action indices."""
+ACTION_KIND_HEADS = {
+    "continuous": ("gaussian", "deterministic"),
+    "discrete": ("categorical",),
+}
+"""The action heads each action kind can train."""
+HEADS = ("gaussian", "deterministic", "categorical")
 RETIRED_MODEL_FIELDS = ("policy",)
 """ModelConfig fields that checkpoints and saved configs of earlier onramp versions hold
 and that are now derived (the action head comes from the objective); readers drop them."""
@@ -35,9 +48,9 @@ and that are now derived (the action head comes from the objective); readers dro
 @dataclass(frozen=True)
 class ModelConfig:
     state_dim: int
-    """Size of the (flat) observation vector."""
+    """Size of the (flat) observation vector; C*H*W for image observations."""
     act_dim: int
-    """Size of the action vector."""
+    """Size of the action vector (continuous), or the number of actions (discrete)."""
     context_len: int = 20
     """K, the number of steps in a training window (ODT: 20)."""
     embed_dim: int = 512
@@ -58,6 +71,22 @@ class ModelConfig:
     """Returns-to-go are multiplied by this before embedding (ODT MuJoCo: 0.001)."""
     kind: str = "decision_transformer"
     """The model's registry key (`models.registry`)."""
+    action_kind: str = "continuous"
+    """'continuous': Box actions, float vectors in [-1, 1] of size act_dim.
+    'discrete': act_dim actions, given to the model as integer indices of shape (B, T)."""
+    frame_shape: tuple[int, ...] = ()
+    """Empty for vector observations of state_dim floats; (C, H, W) for uint8 image
+    observations (e.g. (4, 84, 84) stacked Atari frames), with state_dim = C*H*W."""
+
+    def __post_init__(self):
+        # A JSON round-trip turns the tuple into a list; keep the field hashable and comparable.
+        if isinstance(self.frame_shape, list):
+            object.__setattr__(self, "frame_shape", tuple(self.frame_shape))
+
+    @property
+    def is_image(self) -> bool:
+        """Whether observations are uint8 images of `frame_shape`."""
+        return len(self.frame_shape) > 0
 
     def validate(self) -> list[str]:
         problems = []
@@ -74,6 +103,32 @@ class ModelConfig:
             problems.append(f"model.dropout={self.dropout} must lie in [0, 1)")
         if self.return_scale <= 0:
             problems.append(f"model.return_scale={self.return_scale} must be > 0")
+        if self.action_kind not in ACTION_KINDS:
+            problems.append(f"model.action_kind={self.action_kind!r} must be one of {ACTION_KINDS}")
+        problems += self._frame_problems()
+        return problems
+
+    def _frame_problems(self) -> list[str]:
+        shape = self.frame_shape
+        if not isinstance(shape, tuple) or not all(
+            isinstance(n, int) and not isinstance(n, bool) for n in shape
+        ):
+            return [f"model.frame_shape={shape!r} must be a tuple of ints"]
+        if not shape:
+            return []
+        if len(shape) != 3 or min(shape) < 1:
+            return [f"model.frame_shape={shape} must be empty or 3 positive ints (C, H, W)"]
+        problems = []
+        if self.state_dim != math.prod(shape):
+            problems.append(
+                f"model.state_dim={self.state_dim} must equal the product of "
+                f"model.frame_shape={shape} ({math.prod(shape)})"
+            )
+        if min(shape[1:]) < FrameEncoder.MIN_SIZE:
+            problems.append(
+                f"model.frame_shape={shape} must be at least {FrameEncoder.MIN_SIZE} pixels "
+                "high and wide for the frame encoder"
+            )
         return problems
 
     def to_dict(self) -> dict:
@@ -122,15 +177,90 @@ class Block(nn.Module):
         return x + self.mlp(self.ln_2(x))
 
 
+class FrameEncoder(nn.Module):
+    """Nature-DQN convolutions (8x8/4 32ch, 4x4/2 64ch, 3x3/1 64ch, ReLU) and a Linear
+    to the embedding width, applied to every time step's frame.
+
+    Takes uint8 pixels, (B, T, C, H, W) or flat (B, T, C*H*W), and converts them to
+    float in [0, 1] itself, so frames cross to the device as uint8 (4x smaller)."""
+
+    MIN_SIZE = 36
+    """The smallest height and width the three convolutions leave at least 1x1."""
+
+    def __init__(self, frame_shape: tuple[int, int, int], embed_dim: int):
+        super().__init__()
+        self.frame_shape = tuple(frame_shape)
+        C, H, W = self.frame_shape
+        self.convs = nn.Sequential(
+            nn.Conv2d(C, 32, kernel_size=8, stride=4),
+            nn.ReLU(),
+            nn.Conv2d(32, 64, kernel_size=4, stride=2),
+            nn.ReLU(),
+            nn.Conv2d(64, 64, kernel_size=3, stride=1),
+            nn.ReLU(),
+        )
+        self.out_hw = _conv_out(_conv_out(_conv_out((H, W), 8, 4), 4, 2), 3, 1)
+        self.linear = nn.Linear(64 * self.out_hw[0] * self.out_hw[1], embed_dim)
+
+    def forward(self, states: torch.Tensor) -> torch.Tensor:
+        if states.dtype != torch.uint8:
+            raise ValueError(f"image states must be uint8 pixels, got {states.dtype}")
+        B, T = states.shape[:2]
+        x = states.reshape(B * T, *self.frame_shape).float() / 255.0  # (B*T, C, H, W)
+        x = self.convs(x).flatten(1)  # (B*T, 64 * h * w)
+        return self.linear(x).reshape(B, T, -1)  # (B, T, D)
+
+    def conv_macs(self) -> int:
+        """Multiply-accumulates of the convolutions for one frame."""
+        macs, hw = 0, self.frame_shape[1:]
+        for conv in self.convs:
+            if isinstance(conv, nn.Conv2d):
+                hw = _conv_out(hw, conv.kernel_size[0], conv.stride[0])
+                macs += hw[0] * hw[1] * conv.weight.numel()
+        return macs
+
+
+def _conv_out(hw: tuple[int, int], kernel: int, stride: int) -> tuple[int, int]:
+    """Output height and width of an unpadded convolution."""
+    return ((hw[0] - kernel) // stride + 1, (hw[1] - kernel) // stride + 1)
+
+
+class ActionIndexEmbedding(nn.Embedding):
+    """nn.Embedding over discrete action indices that accepts any integer or float dtype
+    and clamps into [0, num_actions), so padded steps (index 0, masked) embed safely."""
+
+    def forward(self, actions: torch.Tensor) -> torch.Tensor:
+        return super().forward(actions.long().clamp(0, self.num_embeddings - 1))
+
+
 def make_state_encoder(cfg: ModelConfig) -> nn.Module:
-    """The state embedding, chosen by observation space. Vector observations: Linear."""
+    """The state embedding, chosen by observation space: Linear for vector observations,
+    `FrameEncoder` for image observations."""
+    if cfg.is_image:
+        return FrameEncoder(cfg.frame_shape, cfg.embed_dim)
     return nn.Linear(cfg.state_dim, cfg.embed_dim)
 
 
+def make_action_encoder(cfg: ModelConfig) -> nn.Module:
+    """The action embedding, chosen by action space: Linear over the action vector for
+    continuous actions, an embedding table over action indices for discrete ones."""
+    if cfg.action_kind == "discrete":
+        return ActionIndexEmbedding(cfg.act_dim, cfg.embed_dim)
+    return nn.Linear(cfg.act_dim, cfg.embed_dim)
+
+
 def make_action_head(cfg: ModelConfig, head: str) -> nn.Module:
-    """The action head, chosen by action space and objective. Box actions: see heads.py."""
+    """The action head, chosen by action space and objective (see heads.py); ValueError
+    when `head` does not fit `cfg.action_kind`."""
+    if head not in ACTION_KIND_HEADS.get(cfg.action_kind, ()):
+        raise ValueError(
+            f"head={head!r} does not fit model.action_kind={cfg.action_kind!r}; "
+            f"it takes {ACTION_KIND_HEADS.get(cfg.action_kind, ())}"
+        )
     if head == "gaussian":
         return SquashedGaussianHead(cfg.embed_dim, cfg.act_dim, cfg.log_std_min, cfg.log_std_max)
+    if head == "categorical":
+        return CategoricalHead(cfg.embed_dim, cfg.act_dim)
     return DeterministicHead(cfg.embed_dim, cfg.act_dim)
 
 
@@ -151,14 +281,24 @@ def attention_mask(mask: torch.Tensor) -> torch.Tensor:
 @register_model("decision_transformer")
 class DecisionTransformer(nn.Module):
     """`head` is the action head the objective trains: 'gaussian' (ODT's tanh-squashed
-    Gaussian) or 'deterministic' (ODT+TD3, return-conditioned BC). It is derived from
-    the objective (`learner.objectives`), not stored in the config."""
+    Gaussian), 'deterministic' (ODT+TD3, return-conditioned BC) or 'categorical'
+    (discrete actions). It is derived from the objective (`learner.objectives`), not
+    stored in the config.
+
+    Image models keep the `state_mean`/`state_std` buffers (size state_dim, at 0 and 1)
+    so every model has the same buffers, but never apply them; their
+    `set_state_normalization` is a no-op."""
 
     def __init__(self, cfg: ModelConfig, head: str):
         super().__init__()
         problems = cfg.validate()
         if head not in HEADS:
             problems.append(f"head={head!r} must be one of {HEADS}")
+        elif head not in ACTION_KIND_HEADS.get(cfg.action_kind, HEADS):
+            problems.append(
+                f"head={head!r} does not fit model.action_kind={cfg.action_kind!r}; "
+                f"it takes {ACTION_KIND_HEADS[cfg.action_kind]}"
+            )
         if problems:
             raise ValueError("; ".join(problems))
         self.cfg = cfg
@@ -166,7 +306,7 @@ class DecisionTransformer(nn.Module):
         D = cfg.embed_dim
         self.embed_return = nn.Linear(1, D)
         self.embed_state = make_state_encoder(cfg)
-        self.embed_action = nn.Linear(cfg.act_dim, D)
+        self.embed_action = make_action_encoder(cfg)
         self.embed_timestep = (
             nn.Embedding(cfg.max_timestep, D) if cfg.use_timestep_embedding else None
         )
@@ -181,6 +321,10 @@ class DecisionTransformer(nn.Module):
         self.register_buffer("state_std", torch.ones(cfg.state_dim))
 
     def set_state_normalization(self, mean, std) -> None:
+        """Freeze the offline state mean and std that vector states are normalized with;
+        a no-op for image models, whose pixels are only scaled to [0, 1]."""
+        if self.cfg.is_image:
+            return
         mean = torch.as_tensor(mean, dtype=torch.float32).reshape(self.cfg.state_dim)
         std = torch.as_tensor(std, dtype=torch.float32).reshape(self.cfg.state_dim)
         self.state_mean.copy_(mean)
@@ -188,15 +332,16 @@ class DecisionTransformer(nn.Module):
 
     def encode(
         self,
-        states: torch.Tensor,  # (B, T, S)
-        actions: torch.Tensor,  # (B, T, A)
+        states: torch.Tensor,  # (B, T, S) float, or (B, T, C, H, W) uint8 for images
+        actions: torch.Tensor,  # (B, T, A) in [-1, 1], or (B, T) indices if discrete
         returns_to_go: torch.Tensor,  # (B, T)
         timesteps: torch.Tensor,  # (B, T) integer
         mask: torch.Tensor,  # (B, T) 1 real / 0 padding
     ) -> torch.Tensor:
         """Hidden state at every state token, (B, T, D)."""
         B, T = mask.shape
-        states = (states - self.state_mean) / self.state_std
+        if not self.cfg.is_image:
+            states = (states - self.state_mean) / self.state_std
         r = self.embed_return((returns_to_go * self.cfg.return_scale).unsqueeze(-1))
         s = self.embed_state(states)
         a = self.embed_action(actions)
@@ -223,6 +368,11 @@ class DecisionTransformer(nn.Module):
         L = 3 * self.cfg.context_len
         dense = 6 * self.num_params() * L
         attention = 12 * self.cfg.n_layer * self.cfg.embed_dim * L * L
+        if isinstance(self.embed_state, FrameEncoder):
+            # Convolutions reuse each weight at every output pixel, once per state token.
+            convs = self.embed_state.convs
+            conv_params = sum(p.numel() for p in convs.parameters())
+            dense += 6 * (self.embed_state.conv_macs() * self.cfg.context_len - conv_params * L)
         return float(dense + attention)
 
 

@@ -6,9 +6,13 @@
   the SAC actor of Haarnoja et al. 2018 with the log-std bounds of pytorch_sac.
 - `DeterministicHead`: Linear + tanh, the TD3 actor of "RL gradients as vitamin"
   (Yan et al., NeurIPS 2024).
+- `CategoricalHead`: Linear logits over a discrete action set, for Discrete spaces
+  (CartPole, Atari); ODT's max-entropy objective applies unchanged, with the exact
+  entropy in place of the one-sample estimate.
 
-Both act in the normalized action box [-1, 1]; rescaling to the environment's own
-units happens in the environment adapter (actors/envs.py).
+The Box heads act in the normalized action box [-1, 1]; rescaling to the environment's
+own units happens in the environment adapter (actors/envs.py). The categorical head
+works with action indices in [0, num_actions).
 """
 
 from __future__ import annotations
@@ -81,6 +85,45 @@ class DeterministicAction:
         return self.action
 
 
+@dataclass
+class Categorical:
+    """A categorical distribution over the last dimension of `logits` (the actions)."""
+
+    logits: torch.Tensor  # (..., N)
+
+    @property
+    def log_probs(self) -> torch.Tensor:
+        """log pi(a) for every action a, (..., N)."""
+        return F.log_softmax(self.logits, dim=-1)
+
+    @property
+    def probs(self) -> torch.Tensor:
+        """pi(a) for every action a, (..., N)."""
+        return F.softmax(self.logits, dim=-1)
+
+    @property
+    def mode(self) -> torch.Tensor:
+        """The most probable action index, (...) int64: the greedy evaluation action."""
+        return self.logits.argmax(dim=-1)
+
+    def log_prob(self, action: torch.Tensor) -> torch.Tensor:
+        """log pi(action), (...); `action` holds indices in [0, N) of any integer or
+        float dtype (cast to int64)."""
+        index = action.long().unsqueeze(-1)  # (..., 1)
+        return self.log_probs.gather(-1, index).squeeze(-1)
+
+    def sample(self) -> torch.Tensor:
+        """One action index per position, (...) int64, drawn without gradient."""
+        with torch.no_grad():
+            flat = self.probs.reshape(-1, self.logits.shape[-1])  # (prod(...), N)
+            return torch.multinomial(flat, 1).reshape(self.logits.shape[:-1])
+
+    def entropy(self) -> torch.Tensor:
+        """The exact entropy -sum_a pi(a) log pi(a), (...)."""
+        log_probs = self.log_probs
+        return -(log_probs.exp() * log_probs).sum(-1)
+
+
 class SquashedGaussianHead(nn.Module):
     def __init__(self, embed_dim: int, act_dim: int, log_std_min: float, log_std_max: float):
         super().__init__()
@@ -106,3 +149,17 @@ class DeterministicHead(nn.Module):
 
     def forward(self, h: torch.Tensor) -> DeterministicAction:
         return DeterministicAction(torch.tanh(self.linear(h)))
+
+
+class CategoricalHead(nn.Module):
+    """Linear logits over `num_actions` actions, orthogonally initialised like the
+    Gaussian head."""
+
+    def __init__(self, embed_dim: int, num_actions: int):
+        super().__init__()
+        self.logits = nn.Linear(embed_dim, num_actions)
+        nn.init.orthogonal_(self.logits.weight)
+        nn.init.zeros_(self.logits.bias)
+
+    def forward(self, h: torch.Tensor) -> Categorical:
+        return Categorical(self.logits(h))
