@@ -161,7 +161,7 @@ class Actor:
         self.on_episode = on_episode
         self.target_return = target_return
         spec = env.spec
-        self.ctx = ContextBuffer(env.num_envs, context_len, spec.observation_shape, spec.act_dim)
+        self.ctx = ContextBuffer.for_env(env.num_envs, context_len, spec)
         self.stats = ActorStats()
 
     def maybe_update_weights(self) -> bool:
@@ -185,8 +185,10 @@ class Actor:
         n = env.num_envs
         spec = env.spec
         buffers: list[_EpisodeBuffer | None] = [None] * n
-        taken = np.zeros((n, spec.act_dim), np.float32)  # each env's action in flight
-        observations = np.zeros((n, *spec.observation_shape), np.float32)
+        # each env's action in flight
+        taken = (np.zeros(n, np.int32) if spec.discrete
+                 else np.zeros((n, spec.act_dim), np.float32))
+        observations = np.zeros((n, *spec.observation_shape), np.dtype(spec.observation_dtype))
         rewards = np.zeros(n, np.float32)
         env.start()
         while not should_stop() and (max_env_steps is None or stats.env_steps < max_env_steps):

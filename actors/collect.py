@@ -22,7 +22,7 @@ from actors.envs import EnvSpec, VectorEnv
 from actors.scripted import SCRIPTED_POLICIES
 from replay.datasets import Episode, write_d4rl, write_minari
 
-Policy = Callable[[ContextBuffer], np.ndarray]  # context -> actions in [-1, 1]
+Policy = Callable[[ContextBuffer], np.ndarray]  # context -> actions in [-1, 1], or indices
 LoadPolicy = Callable[[str], tuple]
 """A checkpoint path -> (model, payload), e.g. `learner.checkpoint.load_policy`: actors
 do not import the learner, so the caller hands the checkpoint reader in."""
@@ -36,11 +36,18 @@ def make_behaviour_policy(name: str, spec: EnvSpec, *, seed: int, noise: float,
     rng = np.random.default_rng(seed)
 
     def with_noise(actions: np.ndarray) -> np.ndarray:
+        if spec.discrete:  # `noise` is the chance of a uniformly random action instead
+            random = rng.random(len(actions)) < noise
+            return np.where(random, rng.integers(0, spec.num_actions, len(actions)),
+                            actions).astype(np.int32)
         if noise > 0:
             actions = actions + rng.normal(0.0, noise, size=actions.shape)
         return np.clip(actions, -1.0, 1.0).astype(np.float32)
 
     if name == "random":
+        if spec.discrete:
+            return (lambda ctx: rng.integers(0, spec.num_actions, ctx.num_envs).astype(np.int32),
+                    1, 0.0)
         return (lambda ctx: rng.uniform(-1, 1, (ctx.num_envs, spec.act_dim)).astype(np.float32),
                 1, 0.0)
     if name == "scripted":
@@ -60,7 +67,8 @@ def make_behaviour_policy(name: str, spec: EnvSpec, *, seed: int, noise: float,
                          "given (load_policy=learner.checkpoint.load_policy)")
     model, payload = load_policy(name)
     run = payload.get("run_config", {})
-    if model.cfg.state_dim != spec.state_dim or model.cfg.act_dim != spec.act_dim:
+    if (model.cfg.state_dim != spec.state_dim or model.cfg.act_dim != spec.act_dim
+            or model.cfg.action_kind != spec.action_kind):
         raise ValueError(
             f"checkpoint {name} was trained for state_dim={model.cfg.state_dim}, "
             f"act_dim={model.cfg.act_dim}; {spec.env_id} has {spec.state_dim} and {spec.act_dim}"
@@ -75,7 +83,7 @@ def record_episodes(env: VectorEnv, policy: Policy, context_len: int, target_ret
                     episodes: int, progress: bool = False) -> list[Episode]:
     """Run `env` until `episodes` episodes have finished; return them in finishing order."""
     spec = env.spec
-    ctx = ContextBuffer(env.num_envs, context_len, spec.observation_shape, spec.act_dim)
+    ctx = ContextBuffer.for_env(env.num_envs, context_len, spec)
     obs = env.reset()
     ctx.start(np.ones(env.num_envs, bool), obs, target_return)
     buffers = [{"obs": [obs[i]], "act": [], "rew": []} for i in range(env.num_envs)]
@@ -101,8 +109,9 @@ def record_episodes(env: VectorEnv, policy: Policy, context_len: int, target_ret
             buf["obs"].append(result.observations[i])
             if result.done[i] and len(done_episodes) < episodes:
                 done_episodes.append(Episode(
-                    observations=np.stack(buf["obs"]).astype(np.float32),
-                    actions=np.stack(buf["act"]).astype(np.float32),
+                    observations=np.stack(buf["obs"]).astype(spec.observation_dtype),
+                    actions=np.stack(buf["act"]).astype(
+                        np.int64 if spec.discrete else np.float32),
                     rewards=np.asarray(buf["rew"], np.float32),
                     terminated=bool(result.terminated[i]),
                     truncated=bool(result.truncated[i]),
@@ -148,12 +157,16 @@ def collect(env_id: str, policy: str, out: str | Path, *, episodes: int, num_env
     if fmt == "d4rl":
         return write_d4rl(out, recorded, metadata), recorded
     name = policy if policy in ("random", "scripted") else "checkpoint"
+    if spec.discrete:
+        actions = {"num_actions": spec.num_actions}
+    else:
+        actions = {"action_low": spec.action_low, "action_high": spec.action_high}
+    image = spec.observation_dtype == "uint8"
     path = write_minari(
         out, recorded,
         dataset_id=f"onramp/{env_id.split('-')[0].lower()}/{name}-v0",
-        observation_low=-np.inf, observation_high=np.inf,
-        action_low=spec.action_low, action_high=spec.action_high,
-        metadata=metadata,
+        observation_low=0 if image else -np.inf, observation_high=255 if image else np.inf,
+        metadata=metadata, **actions,
     )
     return path, recorded
 

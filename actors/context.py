@@ -15,18 +15,30 @@ import numpy as np
 import torch
 from torch import nn
 
-from models import SquashedGaussian
+from models import Categorical, SquashedGaussian
 
 
 class ContextBuffer:
-    def __init__(self, num_envs: int, context_len: int, obs_shape: Sequence[int], act_dim: int):
+    """The last `context_len` steps of `num_envs` environments. States keep
+    `obs_dtype` (uint8 frames stay uint8 until the model's encoder); actions are
+    (act_dim,) float vectors, or int64 action indices when `discrete`."""
+
+    def __init__(self, num_envs: int, context_len: int, obs_shape: Sequence[int], act_dim: int,
+                 *, obs_dtype: str = "float32", discrete: bool = False):
         self.num_envs = num_envs
         self.context_len = context_len
-        self.states = np.zeros((num_envs, context_len, *obs_shape), np.float32)
-        self.actions = np.zeros((num_envs, context_len, act_dim), np.float32)
+        self.states = np.zeros((num_envs, context_len, *obs_shape), np.dtype(obs_dtype))
+        self.actions = (np.zeros((num_envs, context_len), np.int64) if discrete
+                        else np.zeros((num_envs, context_len, act_dim), np.float32))
         self.returns_to_go = np.zeros((num_envs, context_len), np.float32)
         self.timesteps = np.zeros((num_envs, context_len), np.int64)
         self.mask = np.zeros((num_envs, context_len), np.float32)
+
+    @classmethod
+    def for_env(cls, num_envs: int, context_len: int, spec) -> "ContextBuffer":
+        """A buffer shaped for the env `spec` (`actors.envs.EnvSpec`)."""
+        return cls(num_envs, context_len, spec.observation_shape, spec.act_dim,
+                   obs_dtype=spec.observation_dtype, discrete=spec.discrete)
 
     def start(self, envs: np.ndarray, observations: np.ndarray, target_return: float) -> None:
         """Begin new episodes for the envs selected by the boolean mask `envs`."""
@@ -65,10 +77,12 @@ class ContextBuffer:
 class BatchedPolicy:
     """Acts for every env of a ContextBuffer with one forward pass.
 
-    mode 'mean': tanh(mu) / the deterministic action (evaluation).
-    mode 'sample': a sample of the Gaussian policy (ODT exploration).
+    mode 'mean': tanh(mu) / the deterministic action / the most likely action index
+    (evaluation).
+    mode 'sample': a sample of the Gaussian or categorical policy (ODT exploration).
     mode 'noisy': the deterministic action plus N(0, noise_std^2), clipped to [-1, 1]
-    (TD3 exploration).
+    (TD3 exploration); on a categorical policy, a sample.
+    Box actions come back as float32 in [-1, 1], discrete ones as int32 indices.
     """
 
     MODES = ("mean", "sample", "noisy")
@@ -94,6 +108,13 @@ class BatchedPolicy:
         if rows is not None:
             arrays = tuple(a[rows] for a in arrays)
         out = self.model(*(torch.from_numpy(a).to(dev) for a in arrays))
+        if isinstance(out, Categorical):
+            logits = out.logits[:, -1].float()
+            if self.mode == "mean":
+                index = logits.argmax(-1)
+            else:
+                index = torch.multinomial(logits.softmax(-1), 1, generator=self.generator)[:, 0]
+            return index.cpu().numpy().astype(np.int32)
         if self.mode == "sample" and isinstance(out, SquashedGaussian):
             mu, std = out.mu[:, -1], out.std[:, -1]
             noise = torch.randn(mu.shape, generator=self.generator, device=dev)

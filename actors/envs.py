@@ -1,7 +1,9 @@
 """envpool environments as onramp uses them.
 
-- Observations come back as float32 (envpool gives float64 for MuJoCo).
-- The policy acts in [-1, 1]; `VectorEnv.step` rescales to the environment's box.
+- Vector observations come back as float32 (envpool gives float64 for MuJoCo); image
+  observations (Atari's stacked 84x84 frames) stay uint8.
+- The policy acts in [-1, 1] on a Box action space; `VectorEnv.step` rescales to the
+  environment's box. On a Discrete space it acts with action indices (int32).
 - envpool auto-resets on the step *after* an episode ends: that step ignores the
   action and returns reward 0 (reference/datasets.md §3.4). `VectorEnv` hides it:
   it resets finished environments itself, so every `step` result is a real
@@ -18,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from replay.windows import ActionBox
+from replay.windows import ActionBox, ActionIndex
 
 D4RL_ENV_IDS = ("Hopper-v4", "HalfCheetah-v4", "Walker2d-v4", "Ant-v3")
 
@@ -36,6 +38,14 @@ class EnvSpec:
     action_high: np.ndarray
     max_episode_steps: int
     envpool_version: str
+    observation_dtype: str = "float32"
+    """'float32' (vector observations) or 'uint8' (image frames)."""
+    num_actions: int = 0
+    """Size of a Discrete action space; 0 for a Box."""
+
+    @property
+    def discrete(self) -> bool:
+        return self.num_actions > 0
 
     @property
     def state_dim(self) -> int:
@@ -43,11 +53,29 @@ class EnvSpec:
 
     @property
     def act_dim(self) -> int:
-        return int(np.prod(self.action_shape))
+        """Box: the action vector's size; Discrete: the number of actions."""
+        return self.num_actions if self.discrete else int(np.prod(self.action_shape))
 
     @property
-    def action_box(self) -> ActionBox:
+    def action_dtype(self) -> str:
+        return "int32" if self.discrete else "float32"
+
+    @property
+    def action_kind(self) -> str:
+        """The model's action kind (`models.ModelConfig.action_kind`)."""
+        return "discrete" if self.discrete else "continuous"
+
+    @property
+    def action_box(self) -> ActionBox | ActionIndex:
+        """The map between onramp's actions and the environment's."""
+        if self.discrete:
+            return ActionIndex(self.num_actions)
         return ActionBox.from_bounds(self.action_low, self.action_high)
+
+    @property
+    def action_space(self) -> str:
+        """The action space in words, for messages: 'Discrete(6)' or 'Box(3,)'."""
+        return f"Discrete({self.num_actions})" if self.discrete else f"Box{self.action_shape}"
 
 
 def _make(env_id: str, num_envs: int, seed: int, batch_size: int | None = None):
@@ -69,16 +97,29 @@ def env_spec(env_id: str) -> EnvSpec:
     env = _make(env_id, 1, 0)
     try:
         obs, act = env.observation_space, env.action_space
-        if not hasattr(act, "low"):
-            raise EnvError(f"env_id={env_id!r} has action space {act}; onramp needs a Box")
+        if not hasattr(obs, "low") or obs.dtype is None:
+            raise EnvError(f"env_id={env_id!r} has observation space {obs}; onramp needs a Box")
+        obs_dtype = "uint8" if np.dtype(obs.dtype) == np.uint8 else "float32"
+        if hasattr(act, "n"):
+            n = int(act.n)
+            low, high, shape = np.zeros((), np.float32), np.full((), n - 1, np.float32), ()
+        elif hasattr(act, "low"):
+            n = 0
+            low, high = np.asarray(act.low, np.float32), np.asarray(act.high, np.float32)
+            shape = tuple(act.shape)
+        else:
+            raise EnvError(f"env_id={env_id!r} has action space {act}; onramp needs a Box or "
+                           "a Discrete")
         return EnvSpec(
             env_id=env_id,
             observation_shape=tuple(obs.shape),
-            action_shape=tuple(act.shape),
-            action_low=np.asarray(act.low, np.float32),
-            action_high=np.asarray(act.high, np.float32),
+            action_shape=shape,
+            action_low=low,
+            action_high=high,
             max_episode_steps=int(env.spec.config.max_episode_steps),
             envpool_version=envpool.__version__,
+            observation_dtype=obs_dtype,
+            num_actions=n,
         )
     finally:
         env.close()
@@ -88,7 +129,7 @@ def env_spec(env_id: str) -> EnvSpec:
 class StepResult:
     """What one `VectorEnv.step` gave each environment of the batch."""
 
-    observations: np.ndarray  # (N, *obs) float32
+    observations: np.ndarray  # (N, *obs) float32, or uint8 frames
     """After a transition, the next observation; after an auto-reset, the new episode's first."""
     rewards: np.ndarray  # (N,) float32
     terminated: np.ndarray  # (N,) bool
@@ -132,6 +173,7 @@ class VectorEnv:
         self.batch_size = batch_size
         self._env = _make(env_id, num_envs, seed, batch_size)
         self._box = self.spec.action_box
+        self._obs_dtype = np.uint8 if self.spec.observation_dtype == "uint8" else np.float32
         self._ids = np.arange(num_envs, dtype=np.int32)
         self._was_done = np.zeros(num_envs, bool)
 
@@ -140,10 +182,11 @@ class VectorEnv:
         self._require_lockstep("reset")
         obs, _ = self._env.reset()
         self._was_done[:] = False
-        return np.asarray(obs, np.float32)
+        return np.asarray(obs, self._obs_dtype)
 
     def step(self, actions: np.ndarray) -> StepResult:
-        """Step every env with `actions` in [-1, 1] (shape (N, *action_shape)); lockstep only."""
+        """Step every env with `actions` in [-1, 1] (shape (N, *action_shape)), or action
+        indices (N,) on a Discrete space; lockstep only."""
         self._require_lockstep("step")
         obs, rew, term, trunc, _ = self._env.step(self._box.to_env(actions), self._ids)
         return self._result(self._ids, obs, rew, term, trunc)
@@ -169,7 +212,7 @@ class VectorEnv:
         trunc = np.asarray(trunc, bool) & ~is_reset
         self._was_done[ids] = term | trunc
         rew = np.where(is_reset, 0.0, rew).astype(np.float32)
-        return StepResult(np.asarray(obs, np.float32), rew, term, trunc, is_reset)
+        return StepResult(np.asarray(obs, self._obs_dtype), rew, term, trunc, is_reset)
 
     def _require_lockstep(self, name: str) -> None:
         if self.batch_size != self.num_envs:

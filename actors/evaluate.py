@@ -72,7 +72,7 @@ def evaluate(
 ) -> EvalResult:
     env = VectorEnv(env_id, episodes, seed)
     try:
-        ctx = ContextBuffer(episodes, context_len, env.spec.observation_shape, env.spec.act_dim)
+        ctx = ContextBuffer.for_env(episodes, context_len, env.spec)
         policy = BatchedPolicy(model, mode="mean", device=device)
         result = run_episodes(env, policy.act, ctx, target_return)
     finally:

@@ -95,7 +95,7 @@ def inference_limit(policy: BatchedPolicy, spec, context_len: int, batch_size: i
                     seconds: float):
     """(actions, seconds) of `policy.act` alone on full contexts of `batch_size` envs."""
     rng = np.random.default_rng(0)
-    ctx = ContextBuffer(batch_size, context_len, spec.observation_shape, spec.act_dim)
+    ctx = ContextBuffer.for_env(batch_size, context_len, spec)
     ctx.states[:] = rng.normal(size=ctx.states.shape)
     ctx.returns_to_go[:] = 1000.0
     ctx.timesteps[:] = np.arange(context_len)
@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> None:
                              f"{env_id} has {spec.state_dim} / {spec.act_dim}")
     else:
         model = build_model(replace(cfg.model, state_dim=spec.state_dim, act_dim=spec.act_dim),
-                            head=cfg.objective.policy)
+                            head=cfg.objective.policy(cfg.model.action_kind))
     mode = get_objective(cfg.objective.kind).exploration
     policy = BatchedPolicy(model.eval(), mode=mode, noise_std=cfg.actor.exploration_noise)
     replay_spec = unlimited_spec(spec.observation_shape, spec.action_shape,

@@ -108,7 +108,7 @@ def serial(cfg, checkpoint, preload) -> dict:
     policy = BatchedPolicy(learner.model, mode=mode, noise_std=cfg.actor.exploration_noise,
                            seed=cfg.seed)
     env = VectorEnv(cfg.env.env_id, 1, cfg.seed * 10_000 + 100)
-    ctx = ContextBuffer(1, cfg.eval.context_len, env.spec.observation_shape, env.spec.act_dim)
+    ctx = ContextBuffer.for_env(1, cfg.eval.context_len, env.spec)
     parts = list(preload)
     capacity = cfg.replay.capacity_trajectories
     env_steps = updates = 0

@@ -11,6 +11,18 @@ from pathlib import Path
 from replay.datasets import OfflineDataset, check_against_env, load_dataset
 
 
+def check_dataset_fits(dataset: OfflineDataset, spec) -> None:
+    """DatasetError unless `dataset` fits the spaces of the env `spec`
+    (`actors.envs.EnvSpec`): its shapes, and its actions in the Box or Discrete space."""
+    if spec.discrete:
+        check_against_env(dataset, observation_shape=spec.observation_shape,
+                          action_shape=spec.action_shape, num_actions=spec.num_actions)
+    else:
+        check_against_env(dataset, observation_shape=spec.observation_shape,
+                          action_shape=spec.action_shape, action_low=spec.action_low,
+                          action_high=spec.action_high)
+
+
 def save_config(run_dir: Path, cfg) -> Path:
     path = run_dir / "config.json"
     path.write_text(json.dumps(cfg.to_dict(), indent=2, default=str))
@@ -28,9 +40,7 @@ def checked_dataset(path: str | Path, env_id: str) -> OfflineDataset:
 
     dataset = load_dataset(path)
     spec = env_spec(env_id)
-    check_against_env(dataset, observation_shape=spec.observation_shape,
-                      action_shape=spec.action_shape, action_low=spec.action_low,
-                      action_high=spec.action_high)
+    check_dataset_fits(dataset, spec)
     return dataset
 
 
@@ -86,9 +96,7 @@ def pretrain(cfg, dataset: OfflineDataset, logdir: str | Path, *, progress: bool
     from learner import pretrain as offline
 
     spec = env_spec(cfg.env.env_id)
-    check_against_env(dataset, observation_shape=spec.observation_shape,
-                      action_shape=spec.action_shape, action_low=spec.action_low,
-                      action_high=spec.action_high)
+    check_dataset_fits(dataset, spec)
     return offline.pretrain(cfg, dataset, logdir, action_box=spec.action_box,
                             evaluate_fn=evaluate_fn or evaluate_on_env, progress=progress)
 

@@ -36,7 +36,8 @@ class DataConfig:
     collect_policy: str = "random"
     """Behaviour policy when recording: 'random', 'scripted', or a checkpoint path."""
     collect_noise: float = 0.0
-    """Std of Gaussian noise added to the behaviour policy's actions (in [-1, 1] units)."""
+    """Std of Gaussian noise added to the behaviour policy's actions (in [-1, 1] units);
+    on discrete actions, the chance of a uniformly random action instead."""
     collect_episodes: int = 100
     collect_num_envs: int = 10
     collect_seed: int = 1

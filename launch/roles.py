@@ -15,6 +15,7 @@ from __future__ import annotations
 from replay import _reverb  # noqa: F401  (reverb/TF before torch)
 from replay.params import ParamsPuller, publish_params
 from replay.formats import item_format
+from replay.windows import action_map
 from replay.tables import (
     EXPERIENCE_TABLE,
     ReplaySpec,
@@ -39,7 +40,6 @@ import torch
 from launch.program import Role, env_steps
 from learner.objectives import get_objective
 from learner.tensorboard import SummaryWriter, markdown_table
-from replay.windows import ActionBox
 
 
 @dataclass(frozen=True)
@@ -97,6 +97,8 @@ def replay_spec(cfg, env_info: dict, preload_items: int = 0) -> ReplaySpec:
         tolerance_steps=cfg.replay.tolerance_steps,
         preload_items=preload_items,
         item_format=cfg.replay.item_format,
+        observation_dtype=env_info.get("observation_dtype", "float32"),
+        action_dtype=env_info.get("action_dtype", "float32"),
     )
 
 
@@ -122,7 +124,7 @@ def replay_role(cfg, env_info: dict, dataset_path: str | None, port: int, ready,
     from replay.datasets import load_dataset
     from replay.offline import flatten_episodes, top_episodes
 
-    box = ActionBox.from_bounds(env_info["action_low"], env_info["action_high"])
+    box = action_map(env_info)
     restoring = has_checkpoint(checkpoint_dir)
     preload = []
     if not restoring and dataset_path is not None and cfg.replay.preload_trajectories > 0:
@@ -300,8 +302,10 @@ def policy_from_checkpoint(cfg, checkpoint: str):
     from models import build_model
 
     payload = load_checkpoint(checkpoint)
-    model = build_model(model_config_from(payload), head=cfg.objective.policy)
-    model.load_state_dict(convert_policy_head(payload["learner"]["model"], cfg.objective.policy))
+    model_cfg = model_config_from(payload)
+    head = cfg.objective.policy(model_cfg.action_kind)
+    model = build_model(model_cfg, head=head)
+    model.load_state_dict(convert_policy_head(payload["learner"]["model"], head))
     return model.eval()
 
 

@@ -65,6 +65,9 @@ def env_info(env_id: str) -> dict:
         "action_low": spec.action_low.tolist(),
         "action_high": spec.action_high.tolist(),
         "max_episode_steps": spec.max_episode_steps,
+        "observation_dtype": spec.observation_dtype,
+        "action_dtype": spec.action_dtype,
+        "num_actions": spec.num_actions,
     }
 
 
@@ -82,14 +85,33 @@ def fit_model_to_checkpoint(cfg, payload: dict, checkpoint, env_info: dict):
     from learner.checkpoint import CheckpointError, model_config_from
 
     model = model_config_from(payload)
-    obs, act = tuple(env_info["observation_shape"]), tuple(env_info["action_shape"])
-    if (model.state_dim,) != obs or (model.act_dim,) != act:
-        raise CheckpointError(
-            f"{checkpoint}: its model takes observations of size {model.state_dim} and "
-            f"actions of size {model.act_dim}, but {cfg.env.env_id} has observation shape "
-            f"{obs} and action shape {act}; was it pretrained for another preset?"
-        )
+    problem = model_env_mismatch(model, env_info)
+    if problem:
+        raise CheckpointError(f"{checkpoint}: {problem} of {cfg.env.env_id}; was it "
+                              "pretrained for another preset?")
     return replace(cfg, model=model)
+
+
+def model_env_mismatch(model, info: dict) -> str | None:
+    """Why the model `model` (a ModelConfig) cannot act in the env `info` describes, or
+    None: its observations (vector size or frame shape, dtype) and actions (kind and
+    size) must be the env's."""
+    obs = tuple(info["observation_shape"])
+    model_obs = tuple(model.frame_shape) or (model.state_dim,)
+    image = info.get("observation_dtype") == "uint8"
+    num_actions = info.get("num_actions", 0)
+    model_act = (f"{model.act_dim} discrete actions" if model.action_kind == "discrete"
+                 else f"actions of shape {(model.act_dim,)}")
+    env_act = (f"{num_actions} discrete actions" if num_actions
+               else f"actions of shape {tuple(info['action_shape'])}")
+    if model_obs != obs or bool(model.frame_shape) != image:
+        kind = "uint8 frames" if model.frame_shape else "observations"
+        env_kind = "uint8 frames" if image else "observations"
+        return (f"the model takes {kind} of shape {model_obs}, not the {env_kind} of shape "
+                f"{obs}")
+    if model_act != env_act:
+        return f"the model takes {model_act}, not the {env_act}"
+    return None
 
 
 def start_run(cfg, checkpoint, run_dir: Path, dataset_path: str | None):

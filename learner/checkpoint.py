@@ -75,8 +75,11 @@ def model_config_from(payload: dict) -> ModelConfig:
 
 
 def head_of(model_state: dict) -> str:
-    """The action head a model state dict holds: 'gaussian' or 'deterministic'."""
-    return "gaussian" if "action_head.mu.weight" in model_state else "deterministic"
+    """The action head a model state dict holds: 'gaussian', 'categorical' or
+    'deterministic'."""
+    if "action_head.mu.weight" in model_state:
+        return "gaussian"
+    return "categorical" if "action_head.logits.weight" in model_state else "deterministic"
 
 
 def objective_from(payload: dict) -> ObjectiveConfig:

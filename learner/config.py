@@ -25,7 +25,11 @@ class ObjectiveConfig:
     temperature_lr: float = 1e-4
     """Adam learning rate of log lambda (ODT: 1e-4)."""
     target_entropy: float | None = None
-    """Entropy floor beta; None means -|A| (ODT)."""
+    """Entropy floor beta; None means -|A| (ODT) on continuous actions, and
+    `discrete_entropy_fraction * log(number of actions)` on discrete ones."""
+    discrete_entropy_fraction: float = 0.5
+    """The default entropy floor on discrete actions, as a fraction of the uniform
+    policy's entropy log(n)."""
     mask_entropy: bool = True
     """Average the entropy over real steps only. False reproduces ODT's reference code,
     which also averages over left padding."""
@@ -50,12 +54,12 @@ class ObjectiveConfig:
     transformer frozen (the vitamin code trains its critic during pretraining too)."""
     critic: CriticConfig = field(default_factory=CriticConfig)
 
-    @property
-    def policy(self) -> str:
-        """The action head this objective trains (its registry entry's `head`)."""
+    def policy(self, action_kind: str) -> str:
+        """The action head this objective trains on `action_kind` actions (its registry
+        entry's `heads`); ValueError when it cannot train them."""
         from learner.objectives import get_objective
 
-        return get_objective(self.kind).head
+        return get_objective(self.kind).head_for(action_kind)
 
     def validate(self) -> list[str]:
         from learner.objectives import OBJECTIVES

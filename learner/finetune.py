@@ -53,7 +53,8 @@ def learner_from_checkpoint(payload: dict, objective, optim, device,
     if payload["objective"]["kind"] == objective.kind:
         learner.load_state_dict(state)
         return learner
-    model_state = convert_policy_head(state["model"], learner.rule.head)
+    model_state = convert_policy_head(state["model"],
+                                      learner.rule.head_for(learner.model_cfg.action_kind))
     try:
         learner.model.load_state_dict(model_state)
     except RuntimeError as exc:

@@ -28,7 +28,7 @@ import torch
 from pytorch_optimizer import Lamb
 from torch import nn
 
-from learner import distributed
+from learner import distributed, losses
 from learner.config import DEFAULT_COMPUTE, ComputeConfig, ObjectiveConfig, OptimConfig
 from learner.objectives import get_objective
 from models import ModelConfig, build_model
@@ -110,7 +110,8 @@ class Learner:
         rule = get_objective(objective.kind)
         self.model_cfg = model_cfg
         torch.manual_seed(optim.seed)
-        self.model = build_model(model_cfg, head=rule.head).to(self.device)
+        self.model = build_model(model_cfg, head=rule.head_for(model_cfg.action_kind)).to(
+            self.device)
         self.optimizer = Lamb(
             self.model.parameters(), lr=optim.lr, weight_decay=optim.weight_decay, eps=1e-8,
             foreach=True if fused else None,
@@ -127,11 +128,13 @@ class Learner:
             [self.log_temperature], lr=objective.temperature_lr, betas=(0.9, 0.999),
             fused=fused or None,
         )
-        self.target_entropy = (
-            objective.target_entropy
-            if objective.target_entropy is not None
-            else -float(self.model_cfg.act_dim)
-        )
+        if objective.target_entropy is not None:
+            self.target_entropy = objective.target_entropy
+        elif model_cfg.action_kind == "discrete":
+            self.target_entropy = losses.discrete_target_entropy(
+                model_cfg.act_dim, objective.discrete_entropy_fraction)
+        else:
+            self.target_entropy = -float(model_cfg.act_dim)
         # The encoder the update calls: the module's own, or a compiled view of it that
         # shares its parameters (state_dict, checkpoints and EMA see the plain module).
         self.encode = self.maybe_compile(self.model.encode)

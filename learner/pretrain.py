@@ -52,7 +52,8 @@ def pretrain(cfg, dataset: OfflineDataset, logdir: str | Path, *, action_box: Ac
         steps, cfg.model.context_len, cfg.optim.batch_size, seed=cfg.seed)
     learner = Learner(cfg.model, cfg.objective, replace(cfg.optim, seed=cfg.seed), device,
                       cfg.compute)
-    learner.set_state_normalization(*state_statistics(dataset.episodes))
+    if not cfg.model.frame_shape:  # frames are scaled to [0, 1] in the model instead
+        learner.set_state_normalization(*state_statistics(dataset.episodes))
 
     writer = SummaryWriter(role_dir)
     writer.text("config", markdown_table(flatten(cfg)), step=0)

@@ -29,9 +29,13 @@ Reading uses only h5py and json, so Minari folders load without the minari
 package, nothing is downloaded, and every problem becomes a `DatasetError` that
 names the file. Inputs are opened read-only. Writing Minari goes through minari's
 own `MinariStorage` (imported lazily) so the files are exactly what the library
-writes and `minari.MinariDataset(folder)` opens them. Only Box observation and
-action spaces are supported (MuJoCo-style vectors); Dict/Tuple spaces and Minari's
-"arrow" format are rejected with a DatasetError.
+writes and `minari.MinariDataset(folder)` opens them.
+
+Spaces: observations are Box arrays, either numeric vectors (kept as float32) or
+uint8 frames such as Atari's (C, H, W) stacks (kept as uint8); actions are Box
+arrays (float32) or Discrete indices (int64, one per step, as in CartPole or
+Atari). Dict/Tuple spaces and Minari's "arrow" format are rejected with a
+DatasetError. uint8 observations are written with HDF5 gzip (level 1) chunking.
 
 Writers build the output next to its destination and move it into place only
 once complete, so a failed write never leaves a half-written dataset behind, and
@@ -63,6 +67,8 @@ MINARI_EPISODE_KEYS = ("observations", "actions", "rewards", "terminations", "tr
 MINARI_METADATA_FILE = "metadata.json"
 MINARI_DATA_FILE = "main_data.hdf5"
 ACTION_TOLERANCE = 1e-6
+# Target HDF5 chunk size for uint8 frames: whole frames, about 1 MiB per chunk.
+_CHUNK_BYTES = 1 << 20
 
 # Serialized spaces and env specs are large JSON strings; they are not provenance.
 _MINARI_SPACE_KEYS = frozenset({"observation_space", "action_space", "env_spec", "eval_env_spec"})
@@ -109,9 +115,10 @@ class DatasetError(ValueError):
 class Episode:
     """One episode of T steps.
 
-    observations: (T+1, *obs_shape) float32, every observation including the one
-        after the last action.
-    actions: (T, *act_shape) float32, in the environment's own units.
+    observations: (T+1, *obs_shape), every observation including the one after the
+        last action: uint8 for image frames (e.g. (T+1, C, H, W)), otherwise float32.
+    actions: (T, *act_shape) float32 for a Box action space, in the environment's own
+        units; (T,) int64 action indices for a Discrete one.
     rewards: (T,) float32.
     terminated: the episode ended in a true terminal state.
     truncated: the episode was cut by a time limit or by the end of the data.
@@ -159,8 +166,18 @@ class OfflineDataset:
 
     @property
     def action_shape(self) -> tuple[int, ...]:
-        """Shape of one action."""
+        """Shape of one action; () for discrete actions."""
         return tuple(self._first_episode().actions.shape[1:])
+
+    @property
+    def discrete_actions(self) -> bool:
+        """Whether the actions are integer action indices (a Discrete action space)."""
+        return bool(np.issubdtype(self._first_episode().actions.dtype, np.integer))
+
+    @property
+    def observation_dtype(self) -> np.dtype:
+        """dtype of the observations: uint8 for image frames, otherwise float32."""
+        return self._first_episode().observations.dtype
 
     @property
     def num_steps(self) -> int:
@@ -247,27 +264,55 @@ def check_against_env(
     *,
     observation_shape: Sequence[int],
     action_shape: Sequence[int],
-    action_low: float | np.ndarray,
-    action_high: float | np.ndarray,
+    action_low: float | np.ndarray | None = None,
+    action_high: float | np.ndarray | None = None,
+    num_actions: int | None = None,
 ) -> None:
     """Check that a dataset fits an environment's spaces.
 
+    A Box action space is given by action_low and action_high, a Discrete one by
+    num_actions (its action_shape is ()); giving both, or neither, is a ValueError
+    (a num_actions that is not an int, a TypeError).
     Raises DatasetError naming the dataset's source when the observation or action
-    shape differs from the environment's, or when an action lies outside
-    [action_low, action_high] by more than ACTION_TOLERANCE (the message gives the
-    value, the episode, the step and the action index).
+    shape differs from the environment's; when the dataset's actions are
+    continuous and the environment's discrete, or the other way round; when a Box
+    action lies outside [action_low, action_high] by more than ACTION_TOLERANCE
+    (the message gives the value, the episode, the step and the action index); or
+    when a discrete action is not in [0, num_actions) (value, episode and step).
     """
     source = dataset.source
-    for name, found, expected in (
-        ("observation", dataset.observation_shape, tuple(observation_shape)),
-        ("action", dataset.action_shape, tuple(action_shape)),
-    ):
-        if found != expected:
-            raise DatasetError(
-                source, f"{name} shape {found} does not match the environment's {expected}"
-            )
-    low, high = _bounds(source, "action", action_low, action_high, tuple(action_shape))
-    _check_actions_in_range(source, dataset.episodes, low, high)
+    discrete_env = _action_space_kind(action_low, action_high, num_actions)
+    found = dataset.observation_shape
+    if found != tuple(observation_shape):
+        raise DatasetError(
+            source,
+            f"observation shape {found} does not match the environment's "
+            f"{tuple(observation_shape)}",
+        )
+    if dataset.discrete_actions != discrete_env:
+        env_space = (
+            f"Discrete({num_actions})" if discrete_env else f"a Box of shape {tuple(action_shape)}"
+        )
+        data_actions = (
+            "discrete (integer action indices)"
+            if dataset.discrete_actions
+            else f"continuous ({dataset.episodes[0].actions.dtype}, shape {dataset.action_shape})"
+        )
+        raise DatasetError(
+            source,
+            f"the dataset's actions are {data_actions} but the environment's action space "
+            f"is {env_space}",
+        )
+    found = dataset.action_shape
+    if found != tuple(action_shape):
+        raise DatasetError(
+            source, f"action shape {found} does not match the environment's {tuple(action_shape)}"
+        )
+    if discrete_env:
+        _check_action_indices(source, dataset.episodes, num_actions)
+    else:
+        low, high = _bounds(source, "action", action_low, action_high, tuple(action_shape))
+        _check_actions_in_range(source, dataset.episodes, low, high)
 
 
 # ----------------------------------------------------------------------------
@@ -282,23 +327,36 @@ def write_minari(
     dataset_id: str,
     observation_low: float | np.ndarray,
     observation_high: float | np.ndarray,
-    action_low: float | np.ndarray,
-    action_high: float | np.ndarray,
+    action_low: float | np.ndarray | None = None,
+    action_high: float | np.ndarray | None = None,
     metadata: dict | None = None,
     ref_min_score: float | None = None,
     ref_max_score: float | None = None,
+    num_actions: int | None = None,
 ) -> Path:
     """Write episodes as a Minari HDF5 dataset folder at `path` and return it.
 
     The folder gets metadata.json and main_data.hdf5 (written by minari's
-    MinariStorage; observations and actions float32, rewards float64, flags bool).
+    MinariStorage; rewards float64, flags bool). Observations are float32 under a
+    float32 Box(observation_low, observation_high), or, when the episodes' are
+    uint8 frames, uint8 under a uint8 Box (bounds integers in [0, 255], usually 0
+    and 255) and gzip-compressed. Actions are float32 under Box(action_low,
+    action_high), or, when num_actions is given, int64 indices under
+    Discrete(num_actions) (action_low/action_high must then be None).
     dataset_id must follow Minari's grammar `(namespace/)name-v<k>`. `metadata`
     holds provenance (env_id, envpool_version, policy, seed, description, ...),
     stored in metadata.json; `seed` is also written as each episode group's `seed`
     attribute (the collection run's seed, not a per-episode reset seed).
     ref_min_score/ref_max_score (or the same keys in `metadata`) are stored so that
     minari.get_normalized_score works; give both or neither. Actions must lie in
-    the declared action bounds. Refuses an existing non-empty folder.
+    the declared action space. Refuses an existing non-empty folder.
+
+    minari 0.5.3 stores uint8 arrays of some shapes as lossy JPEG and never
+    compresses, so uint8 observations are written here, into each episode group
+    in minari's own layout (chunked, resizable along steps) with gzip. uint8
+    observations that minari treats as an image space ((H, W) or (H, W, C) with
+    H, W >= 32 and bounds 0..255) are refused, because minari's loader would read
+    them as JPEG; channel-first frames (C, H, W) with C < 32 are fine.
     """
     path = Path(path).absolute()  # minari resolves relative paths against its own root
     _refuse_non_empty_folder(path)
@@ -312,22 +370,64 @@ def write_minari(
     seed = extra.get("seed")
     if seed is not None and not (isinstance(seed, int) and not isinstance(seed, bool)):
         raise DatasetError(path, f"metadata seed must be an int, got {seed!r}")
-    obs_low, obs_high = _bounds(path, "observation", observation_low, observation_high, obs_shape)
-    act_low, act_high = _bounds(path, "action", action_low, action_high, act_shape)
-    _check_actions_in_range(path, episodes, act_low, act_high)
+    try:
+        discrete = _action_space_kind(action_low, action_high, num_actions)
+    except (TypeError, ValueError) as error:
+        raise DatasetError(path, str(error)) from error
+    image_observations = _observation_dtype(episodes[0].observations) == np.uint8
+    if image_observations:
+        obs_low, obs_high = _uint8_bounds(path, observation_low, observation_high, obs_shape)
+    else:
+        obs_low, obs_high = _bounds(
+            path, "observation", observation_low, observation_high, obs_shape
+        )
+    episodes_discrete = _action_dtype(episodes[0].actions) == np.int64
+    if episodes_discrete and not discrete:
+        raise DatasetError(
+            path,
+            "the episodes' actions are discrete (integer action indices); give num_actions "
+            "instead of action_low/action_high",
+        )
+    if discrete and not episodes_discrete:
+        raise DatasetError(
+            path,
+            f"num_actions={num_actions} declares a Discrete action space but the episodes' "
+            f"actions are continuous (shape {act_shape}); give action_low/action_high",
+        )
 
     import gymnasium
     import minari
     from minari.data_collector import EpisodeBuffer
-    from minari.dataset.minari_storage import MinariStorage
+    from minari.dataset.minari_storage import MinariStorage, is_image_space
 
-    observation_space = gymnasium.spaces.Box(low=obs_low, high=obs_high, dtype=np.float32)
-    action_space = gymnasium.spaces.Box(low=act_low, high=act_high, dtype=np.float32)
+    if discrete:
+        _check_action_indices(path, episodes, num_actions)
+        action_space = gymnasium.spaces.Discrete(num_actions)
+        action_dtype = np.int64
+    else:
+        act_low, act_high = _bounds(path, "action", action_low, action_high, act_shape)
+        _check_actions_in_range(path, episodes, act_low, act_high)
+        action_space = gymnasium.spaces.Box(low=act_low, high=act_high, dtype=np.float32)
+        action_dtype = np.float32
+    if image_observations:
+        observation_space = gymnasium.spaces.Box(low=obs_low, high=obs_high, dtype=np.uint8)
+        if is_image_space(observation_space):
+            raise DatasetError(
+                path,
+                f"uint8 observations of shape {obs_shape} with bounds 0..255 are an image "
+                f"space to minari {minari.__version__}, which reads them as JPEG; write "
+                "channel-first frames (C, H, W) with C < 32, or use write_d4rl",
+            )
+    else:
+        observation_space = gymnasium.spaces.Box(low=obs_low, high=obs_high, dtype=np.float32)
     buffers = (
         EpisodeBuffer(
             seed=seed,
-            observations=np.asarray(episode.observations, dtype=np.float32),
-            actions=np.asarray(episode.actions, dtype=np.float32),
+            # None: minari skips the key; the uint8 frames are added below, compressed.
+            observations=None
+            if image_observations
+            else np.asarray(episode.observations, dtype=np.float32),
+            actions=np.asarray(episode.actions, dtype=action_dtype),
             rewards=np.asarray(episode.rewards, dtype=np.float64),
             terminations=_step_flags(episode.length, bool(episode.terminated)),
             truncations=_step_flags(episode.length, bool(episode.truncated)),
@@ -342,16 +442,25 @@ def write_minari(
             data_format="hdf5",
         )
         storage.update_episodes(buffers)
-        storage.update_metadata(
-            {"dataset_id": dataset_id, "minari_version": minari.__version__, **extra}
-        )
+        update: dict[str, Any] = {"dataset_id": dataset_id, "minari_version": minari.__version__}
+        if image_observations:
+            with h5py.File(staging / MINARI_DATA_FILE, "a") as file:
+                for index, episode in enumerate(episodes):
+                    frames = np.asarray(episode.observations, dtype=np.uint8)
+                    _create_uint8_dataset(
+                        file[f"episode_{index}"], "observations", frames, resizable=True
+                    )
+            update["dataset_size"] = storage.get_size()
+        storage.update_metadata({**update, **extra})
     return path
 
 
 def write_d4rl(path: PathLike, episodes: Iterable[Episode], metadata: dict | None = None) -> Path:
     """Write episodes as one D4RL-style flat HDF5 file at `path` and return it.
 
-    Keys: observations, next_observations, actions, rewards (float32), terminals,
+    Keys: observations and next_observations (N, *obs) (float32, or uint8 for
+    image frames, then gzip-compressed in chunks of whole frames), actions (float32
+    (N, *act), or int64 (N,) for discrete actions), rewards (float32), terminals,
     timeouts (bool). The last step of every episode is flagged, so episodes split
     back exactly: terminals=1 if it terminated, otherwise timeouts=1 (D4RL labels
     the two exclusively). `metadata` values (str, int, float or bool) become scalar
@@ -366,7 +475,10 @@ def write_d4rl(path: PathLike, episodes: Iterable[Episode], metadata: dict | Non
     metadata_items = _hdf5_metadata_items(path, metadata or {})
     with _staging(path, is_dir=False) as staging, h5py.File(staging, "w") as file:
         for key, array in arrays.items():
-            file.create_dataset(key, data=array)
+            if array.dtype == np.uint8:
+                _create_uint8_dataset(file, key, array)
+            else:
+                file.create_dataset(key, data=array)
         group = file.create_group("metadata")
         for key, value in metadata_items.items():
             group.create_dataset(key, data=value)
@@ -415,7 +527,9 @@ def _read_array(
     node = container[key]
     if not isinstance(node, h5py.Dataset):
         raise DatasetError(
-            path, f"{label!r} is a group, expected an array (only Box spaces are supported)"
+            path,
+            f"{label!r} is a group, expected an array "
+            "(only Box and Discrete spaces are supported)",
         )
     array = node[()]
     if not isinstance(array, np.ndarray) or array.ndim == 0:
@@ -443,7 +557,8 @@ def _read_d4rl_arrays(file: h5py.File, path: Path) -> dict[str, np.ndarray]:
     if rows == 0:
         raise DatasetError(path, "empty dataset (0 steps)")
     _require_per_step_shape(path, "observations", raw["observations"])
-    _require_per_step_shape(path, "actions", raw["actions"])
+    if not _is_discrete_on_disk(raw["actions"]):
+        _require_per_step_shape(path, "actions", raw["actions"])
     if "next_observations" in raw and raw["next_observations"].shape != raw["observations"].shape:
         raise DatasetError(
             path,
@@ -452,9 +567,18 @@ def _read_d4rl_arrays(file: h5py.File, path: Path) -> dict[str, np.ndarray]:
         )
 
     arrays = {}
-    for key in ("observations", "actions", "next_observations"):
+    for key in ("observations", "next_observations"):
         if key in raw:
-            arrays[key] = _to_float32(path, key, raw[key])
+            arrays[key] = _read_observations(path, key, raw[key])
+    if "next_observations" in arrays and (
+        arrays["next_observations"].dtype != arrays["observations"].dtype
+    ):
+        raise DatasetError(
+            path,
+            f"'next_observations' has dtype {raw['next_observations'].dtype} but "
+            f"'observations' has dtype {raw['observations'].dtype} (uint8 frames need both uint8)",
+        )
+    arrays["actions"] = _read_actions(path, "actions", raw["actions"])
     arrays["rewards"] = _to_float32(
         path, "rewards", _squeeze_column(path, "rewards", raw["rewards"])
     )
@@ -610,7 +734,8 @@ def _read_minari_episode(group: h5py.Group, name: str, path: Path) -> Episode:
                 path, f"{name}/{key} has {len(raw[key])} rows but {name}/actions has {steps}"
             )
     _require_per_step_shape(path, f"{name}/observations", raw["observations"])
-    _require_per_step_shape(path, f"{name}/actions", raw["actions"])
+    if not _is_discrete_on_disk(raw["actions"]):
+        _require_per_step_shape(path, f"{name}/actions", raw["actions"])
 
     terminations, truncations = (
         _to_bool(path, f"{name}/{key}", _squeeze_column(path, f"{name}/{key}", raw[key]))
@@ -625,8 +750,8 @@ def _read_minari_episode(group: h5py.Group, name: str, path: Path) -> Episode:
         )
     terminated = bool(terminations[-1])
     return Episode(
-        observations=_to_float32(path, f"{name}/observations", raw["observations"]),
-        actions=_to_float32(path, f"{name}/actions", raw["actions"]),
+        observations=_read_observations(path, f"{name}/observations", raw["observations"]),
+        actions=_read_actions(path, f"{name}/actions", raw["actions"]),
         rewards=_to_float32(
             path, f"{name}/rewards", _squeeze_column(path, f"{name}/rewards", raw["rewards"])
         ),
@@ -694,8 +819,52 @@ def _to_bool(path: PathLike, key: str, array: np.ndarray) -> np.ndarray:
     return array != 0
 
 
+def _is_discrete_on_disk(array: np.ndarray) -> bool:
+    """A stored action array holds discrete indices: integer, shape (N,) or (N, 1)."""
+    return array.dtype.kind in "iu" and (
+        array.ndim == 1 or (array.ndim == 2 and array.shape[1] == 1)
+    )
+
+
+def _observation_dtype(observations: np.ndarray) -> np.dtype:
+    """The dtype observations are kept in: uint8 frames stay uint8, the rest is float32."""
+    dtype = np.asarray(observations).dtype
+    return np.dtype(np.uint8) if dtype == np.uint8 else np.dtype(np.float32)
+
+
+def _action_dtype(actions: np.ndarray) -> np.dtype:
+    """The dtype in-memory actions are written in: int64 indices for an integer (T,)
+    array, otherwise float32 (an integer (T, k) array is a Box action, as before)."""
+    array = np.asarray(actions)
+    discrete = array.dtype.kind in "iu" and array.ndim == 1
+    return np.dtype(np.int64) if discrete else np.dtype(np.float32)
+
+
+def _read_observations(path: PathLike, key: str, array: np.ndarray) -> np.ndarray:
+    """Stored observations in memory: uint8 frames as they are, anything else float32."""
+    if array.dtype == np.uint8:
+        return array
+    return _to_float32(path, key, array)
+
+
+def _read_actions(path: PathLike, key: str, array: np.ndarray) -> np.ndarray:
+    """Stored actions in memory: integer (N,) or (N, 1) as int64 (N,), anything else float32."""
+    if not _is_discrete_on_disk(array):
+        return _to_float32(path, key, array)
+    indices = array.reshape(len(array))
+    if indices.dtype == np.uint64:
+        too_large = indices > np.iinfo(np.int64).max
+        if too_large.any():
+            row = int(np.argmax(too_large))
+            raise DatasetError(
+                path, f"{key!r} has action index {indices[row]} at row {row}, outside int64"
+            )
+    return indices.astype(np.int64, copy=False)
+
+
 def _require_same_shapes(path: PathLike, name: str, episode: Episode, first: Episode) -> None:
-    """Every episode must have the first episode's per-step observation and action shapes."""
+    """Every episode must have the first episode's per-step observation and action
+    shapes, and keep observations (uint8 or float) and actions (indices or Box) alike."""
     for kind, found, expected in (
         ("observations", np.shape(episode.observations)[1:], np.shape(first.observations)[1:]),
         ("actions", np.shape(episode.actions)[1:], np.shape(first.actions)[1:]),
@@ -704,6 +873,21 @@ def _require_same_shapes(path: PathLike, name: str, episode: Episode, first: Epi
             raise DatasetError(
                 path,
                 f"{name} {kind} have per-step shape {found} but the first episode's are {expected}",
+            )
+    for kind, found, expected in (
+        (
+            "observations",
+            _observation_dtype(episode.observations),
+            _observation_dtype(first.observations),
+        ),
+        ("actions", _action_dtype(episode.actions), _action_dtype(first.actions)),
+    ):
+        if found != expected:
+            raise DatasetError(
+                path,
+                f"{name} {kind} are kept as {found} but the first episode's are {expected} "
+                f"(dtypes {np.asarray(getattr(episode, kind)).dtype} and "
+                f"{np.asarray(getattr(first, kind)).dtype})",
             )
 
 
@@ -729,6 +913,95 @@ def _bounds(
             f"at index {index}",
         )
     return low_array, high_array
+
+
+def _uint8_bounds(
+    path: PathLike,
+    low: float | np.ndarray,
+    high: float | np.ndarray,
+    shape: tuple[int, ...],
+) -> tuple[np.ndarray, np.ndarray]:
+    """Broadcast the bounds of a uint8 observation space to `shape` as uint8 arrays;
+    they must be integers in [0, 255] with low <= high."""
+    try:
+        low_array = np.broadcast_to(np.asarray(low, dtype=np.float64), shape)
+        high_array = np.broadcast_to(np.asarray(high, dtype=np.float64), shape)
+    except (ValueError, TypeError) as error:
+        raise DatasetError(
+            path, f"observation bounds do not fit shape {shape} ({error})"
+        ) from error
+    for name, array in (("observation_low", low_array), ("observation_high", high_array)):
+        bad = ~((array >= 0) & (array <= 255) & (np.floor(array) == array))
+        if bad.any():
+            value = array[tuple(np.argwhere(bad)[0])]
+            raise DatasetError(
+                path,
+                f"{name} {value} is not an integer in [0, 255], as uint8 observations need",
+            )
+    inverted = np.argwhere(low_array > high_array)
+    if inverted.size:
+        index = tuple(int(i) for i in inverted[0])
+        raise DatasetError(
+            path,
+            f"observation_low {low_array[index]:g} exceeds observation_high "
+            f"{high_array[index]:g} at index {index}",
+        )
+    return low_array.astype(np.uint8), high_array.astype(np.uint8)
+
+
+def _action_space_kind(
+    action_low: float | np.ndarray | None,
+    action_high: float | np.ndarray | None,
+    num_actions: int | None,
+) -> bool:
+    """True for a Discrete action space (num_actions), False for a Box (both bounds).
+
+    Raises ValueError when both or neither are given or num_actions < 1, TypeError when
+    num_actions is not an int.
+    """
+    bounds = (action_low is not None, action_high is not None)
+    if num_actions is None:
+        if not all(bounds):
+            raise ValueError(
+                "give action_low and action_high for a Box action space, "
+                "or num_actions for a Discrete one"
+            )
+        return False
+    if any(bounds):
+        raise ValueError(
+            f"num_actions={num_actions} declares a Discrete action space; "
+            f"action_low and action_high must be None, got {action_low!r} and {action_high!r}"
+        )
+    if isinstance(num_actions, bool) or not isinstance(num_actions, (int, np.integer)):
+        raise TypeError(f"num_actions must be an int, got {num_actions!r}")
+    if num_actions < 1:
+        raise ValueError(f"num_actions must be >= 1, got {num_actions}")
+    return True
+
+
+def _check_action_indices(path: PathLike, episodes: Sequence[Episode], num_actions: int) -> None:
+    """Raise on the first action that is not an integer index in [0, num_actions).
+
+    The message gives the value, episode and step.
+    """
+    for episode_index, episode in enumerate(episodes):
+        actions = np.asarray(episode.actions)
+        if not np.issubdtype(actions.dtype, np.integer):
+            raise DatasetError(
+                path,
+                f"episode {episode_index} actions have dtype {actions.dtype}; a Discrete("
+                f"{num_actions}) action space needs integer action indices",
+            )
+        per_step = actions.reshape(len(actions), -1)  # (T, 1) for well-formed actions
+        outside = (per_step < 0) | (per_step >= num_actions)
+        if outside.any():
+            step = _first_bad_row(outside)
+            value = per_step[step][outside[step]]
+            raise DatasetError(
+                path,
+                f"action {int(value[0])} at episode {episode_index}, step {step} is not an "
+                f"index of Discrete({num_actions}), [0, {num_actions})",
+            )
 
 
 def _check_actions_in_range(
@@ -761,7 +1034,8 @@ def _check_actions_in_range(
 
 
 def _check_episodes(path: Path, episodes: list[Episode]) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """Check episodes before writing; return the per-step observation and action shapes."""
+    """Check episodes before writing; return the per-step observation and action shapes
+    (the action shape is () for discrete actions)."""
     if not episodes:
         raise DatasetError(path, "no episodes to write")
     for index, episode in enumerate(episodes):
@@ -770,7 +1044,9 @@ def _check_episodes(path: Path, episodes: list[Episode]) -> tuple[tuple[int, ...
         actions = np.asarray(episode.actions)
         rewards = np.asarray(episode.rewards)
         _require_per_step_shape(path, f"{name} observations", observations)
-        _require_per_step_shape(path, f"{name} actions", actions)
+        discrete = _action_dtype(actions) == np.int64
+        if not discrete:
+            _require_per_step_shape(path, f"{name} actions", actions)
         steps = len(actions)
         if steps == 0:
             raise DatasetError(path, f"{name} has 0 steps")
@@ -784,11 +1060,14 @@ def _check_episodes(path: Path, episodes: list[Episode]) -> tuple[tuple[int, ...
             raise DatasetError(
                 path, f"{name} rewards have shape {rewards.shape}; expected ({steps},)"
             )
-        for key, array in (
-            ("observations", observations),
-            ("actions", actions),
-            ("rewards", rewards),
-        ):
+        checked = [("rewards", rewards)]  # uint8 frames and int indices need no float check
+        if observations.dtype != np.uint8:
+            checked.append(("observations", observations))
+        if discrete:
+            _read_actions(path, f"{name} actions", actions)  # fits int64
+        else:
+            checked.append(("actions", actions))
+        for key, array in checked:
             _to_float32(path, f"{name} {key}", array)
         if index:
             _require_same_shapes(path, name, episode, episodes[0])
@@ -804,19 +1083,38 @@ def _step_flags(steps: int, last: bool) -> np.ndarray:
 
 
 def _flatten_episodes(episodes: list[Episode]) -> dict[str, np.ndarray]:
-    """Concatenate episodes into D4RL's flat, step-aligned arrays."""
+    """Concatenate episodes into D4RL's flat, step-aligned arrays (observations float32
+    or uint8, actions float32 or int64, as `_observation_dtype`/`_action_dtype` say)."""
 
-    def stack(pieces: Iterable[np.ndarray]) -> np.ndarray:
-        return np.concatenate([np.asarray(p, dtype=np.float32) for p in pieces])
+    def stack(pieces: Iterable[np.ndarray], dtype: np.dtype) -> np.ndarray:
+        return np.concatenate([np.asarray(p, dtype=dtype) for p in pieces])
 
+    obs_dtype = _observation_dtype(episodes[0].observations)
     return {
-        "observations": stack(episode.observations[:-1] for episode in episodes),
-        "next_observations": stack(episode.observations[1:] for episode in episodes),
-        "actions": stack(episode.actions for episode in episodes),
-        "rewards": stack(episode.rewards for episode in episodes),
+        "observations": stack((e.observations[:-1] for e in episodes), obs_dtype),
+        "next_observations": stack((e.observations[1:] for e in episodes), obs_dtype),
+        "actions": stack((e.actions for e in episodes), _action_dtype(episodes[0].actions)),
+        "rewards": stack((episode.rewards for episode in episodes), np.dtype(np.float32)),
         "terminals": np.concatenate([_step_flags(e.length, bool(e.terminated)) for e in episodes]),
         "timeouts": np.concatenate([_step_flags(e.length, not e.terminated) for e in episodes]),
     }
+
+
+def _create_uint8_dataset(
+    group: h5py.Group, key: str, array: np.ndarray, *, resizable: bool = False
+) -> None:
+    """Write uint8 frames (N, *frame) under `key`, gzip level 1, in chunks of whole
+    frames of about 1 MiB; resizable along N (minari's episode layout) if asked."""
+    frame_bytes = max(1, int(np.prod(array.shape[1:])))
+    rows = max(1, min(len(array), _CHUNK_BYTES // frame_bytes))
+    group.create_dataset(
+        key,
+        data=array,
+        chunks=(rows, *array.shape[1:]),
+        maxshape=(None, *array.shape[1:]) if resizable else None,
+        compression="gzip",
+        compression_opts=1,
+    )
 
 
 def _hdf5_metadata_items(path: Path, metadata: dict) -> dict[str, Any]:

@@ -11,7 +11,13 @@ from typing import Sequence
 import numpy as np
 
 from replay.datasets import Episode
-from replay.windows import ActionBox, FlatSteps, concatenate, flatten_episode, gather_windows
+from replay.windows import (
+    ActionBox,
+    FlatSteps,
+    concatenate,
+    flatten_episode,
+    gather_windows,
+)
 
 
 def flatten_episodes(episodes: Sequence[Episode], action_box: ActionBox) -> FlatSteps:

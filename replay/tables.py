@@ -62,6 +62,10 @@ class ReplaySpec:
     """The learner waits until the table holds this many windows."""
     item_format: str = "episode_window"
     """What one item is (`replay.formats`): its writer, stored columns and sampler."""
+    observation_dtype: str = "float32"
+    """'float32' (vectors) or 'uint8' (image frames, stored as they are)."""
+    action_dtype: str = "float32"
+    """'float32' (Box actions in [-1, 1]) or 'int32' (discrete action indices)."""
 
     @property
     def tolerance_samples(self) -> float:
@@ -97,6 +101,10 @@ class ReplaySpec:
                 f"{self.min_size_to_sample=} must be <= capacity_items={self.capacity_items}, "
                 "or the learner never starts"
             )
+        for field, allowed in (("observation_dtype", ("float32", "uint8")),
+                               ("action_dtype", ("float32", "int32"))):
+            if getattr(self, field) not in allowed:
+                problems.append(f"{field}={getattr(self, field)!r} must be one of {allowed}")
         if self.item_format not in ITEM_FORMATS:
             problems.append(f"item_format={self.item_format!r} must be one of "
                             f"{', '.join(sorted(ITEM_FORMATS))}")
@@ -120,7 +128,8 @@ class ReplaySpec:
 
 def stored_steps(spec: ReplaySpec) -> StoredSteps:
     """How the experience table stores a step of `spec`'s windows."""
-    return StoredSteps(spec.observation_shape, spec.action_shape)
+    return StoredSteps(spec.observation_shape, spec.action_shape, spec.observation_dtype,
+                       spec.action_dtype)
 
 
 def experience_signature(spec: ReplaySpec) -> dict[str, tf.TensorSpec]:

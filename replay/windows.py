@@ -9,7 +9,9 @@ achieved (hindsight relabelling), computed once per episode.
 Everything here is numpy; the offline sampler and the actors' Reverb writer both
 build windows through `gather_windows`, so there is one code path for them.
 
-Actions in windows are in the normalized box [-1, 1] (see `ActionBox`).
+Actions in windows are in the normalized box [-1, 1] (see `ActionBox`), or action
+indices (int32, one per step) for a discrete action space (`ActionIndex`).
+Observations keep their dtype: float32 vectors, or uint8 image frames.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ from typing import Sequence
 
 import numpy as np
 
-# Column name -> (per-step shape kind, dtype). 'obs' and 'act' take the space shapes.
+# Column name -> (per-step shape kind, dtype). 'obs' and 'act' take the space shapes,
+# and their dtypes are the defaults (float32) unless the spaces say otherwise.
 WINDOW_COLUMNS: dict[str, tuple[str, type]] = {
     "observations": ("obs", np.float32),
     "actions": ("act", np.float32),
@@ -32,34 +35,54 @@ WINDOW_COLUMNS: dict[str, tuple[str, type]] = {
 }
 
 
-def window_shapes(context_len: int, obs_shape: Sequence[int], act_shape: Sequence[int]):
-    """Column name -> (shape, dtype) of one window, for Reverb signatures and buffers."""
+SPACE_DTYPES = {"float32": np.float32, "uint8": np.uint8, "int32": np.int32}
+"""The dtypes a space's column may have: float32 vectors and Box actions, uint8 frames,
+int32 action indices."""
+
+
+def space_dtype(name: str) -> type:
+    """The numpy dtype `name` ('float32', 'uint8' or 'int32'); ValueError otherwise."""
+    if name not in SPACE_DTYPES:
+        raise ValueError(f"dtype {name!r} must be one of {', '.join(SPACE_DTYPES)}")
+    return SPACE_DTYPES[name]
+
+
+def window_shapes(context_len: int, obs_shape: Sequence[int], act_shape: Sequence[int],
+                  obs_dtype: str = "float32", act_dtype: str = "float32"):
+    """Column name -> (shape, dtype) of one window, for Reverb signatures and buffers.
+    Observation columns take `obs_dtype`, the action column `act_dtype`."""
     kinds = {"obs": tuple(obs_shape), "act": tuple(act_shape), "scalar": ()}
+    dtypes = {"obs": space_dtype(obs_dtype), "act": space_dtype(act_dtype)}
     return {
-        name: ((context_len, *kinds[kind]), dtype) for name, (kind, dtype) in WINDOW_COLUMNS.items()
+        name: ((context_len, *kinds[kind]), dtypes.get(kind, dtype))
+        for name, (kind, dtype) in WINDOW_COLUMNS.items()
     }
 
 
 class StoredSteps:
     """How a step is stored in Reverb: every float32 column flattened into one vector
-    ('floats', in WINDOW_COLUMNS order) and the int32 'timesteps' on their own.
+    ('floats', in WINDOW_COLUMNS order), and every other column on its own in its own
+    dtype: the int32 'timesteps', and uint8 frames ('observations',
+    'next_observations') or int32 action indices ('actions') when the spaces have them.
 
-    Two columns instead of eight because a Reverb append and the item it creates cost
-    per column; with the writer's longer flush interval this made writing 2.6x cheaper
-    per step (DESIGN.md, "Performance").
+    Few columns because a Reverb append and the item it creates cost per column; with
+    the writer's longer flush interval packing made writing 2.6x cheaper per step
+    (DESIGN.md, "Performance"). Frames stay uint8 (a quarter of float32's bytes).
     The learner never sees the packing: `unpack` gives back the WINDOW_COLUMNS dict.
     """
 
     FLOATS = "floats"
     TIMESTEPS = "timesteps"
 
-    def __init__(self, obs_shape: Sequence[int], act_shape: Sequence[int]):
-        self._shapes = {
-            name: shape[1:] for name, (shape, _) in window_shapes(1, obs_shape, act_shape).items()
-        }
+    def __init__(self, obs_shape: Sequence[int], act_shape: Sequence[int],
+                 obs_dtype: str = "float32", act_dtype: str = "float32"):
+        columns = window_shapes(1, obs_shape, act_shape, obs_dtype, act_dtype)
+        self._shapes = {name: shape[1:] for name, (shape, _) in columns.items()}
+        self._own = {name: dtype for name, (_, dtype) in columns.items() if dtype is not np.float32}
+        """Columns stored on their own, in their dtype."""
         self._slices: dict[str, slice] = {}
         start = 0
-        for name, (_, dtype) in WINDOW_COLUMNS.items():
+        for name, (_, dtype) in columns.items():
             if dtype is np.float32:
                 size = int(np.prod(self._shapes[name], dtype=np.int64))
                 self._slices[name] = slice(start, start + size)
@@ -69,18 +92,27 @@ class StoredSteps:
 
     def shapes(self, context_len: int) -> dict[str, tuple[tuple[int, ...], type]]:
         """Stored column -> (shape, dtype) of one window: the table's signature."""
-        return {
-            self.FLOATS: ((context_len, self.width), np.float32),
-            self.TIMESTEPS: ((context_len,), np.int32),
-        }
+        shapes = {self.FLOATS: ((context_len, self.width), np.float32)}
+        for name, dtype in self._own.items():
+            shapes[name] = ((context_len, *self._shapes[name]), dtype)
+        return shapes
 
-    def pack(self, columns: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        """WINDOW_COLUMNS arrays with a leading length L -> floats (L, width), timesteps (L,)."""
+    def bytes_per_step(self) -> int:
+        """Bytes one stored step takes in the table's columns."""
+        return sum(int(np.prod(shape[1:], dtype=np.int64)) * np.dtype(dtype).itemsize
+                   for shape, dtype in self.shapes(1).values())
+
+    def pack(self, columns: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """WINDOW_COLUMNS arrays with a leading length L -> the stored columns: floats
+        (L, width) and each other column (L, ...) in its dtype."""
         length = len(columns["timesteps"])
         floats = np.empty((length, self.width), np.float32)
         for name, where in self._slices.items():
             floats[:, where] = np.reshape(columns[name], (length, -1))
-        return floats, np.asarray(columns["timesteps"], np.int32)
+        packed = {self.FLOATS: floats}
+        for name, dtype in self._own.items():
+            packed[name] = np.asarray(columns[name], dtype)
+        return packed
 
     def unpack(self, stored: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Stored columns with any leading shape (..., K) -> the WINDOW_COLUMNS dict,
@@ -89,8 +121,8 @@ class StoredSteps:
         lead = floats.shape[:-1]
         out = {}
         for name in WINDOW_COLUMNS:
-            if name == "timesteps":
-                out[name] = stored[self.TIMESTEPS]
+            if name in self._own:
+                out[name] = stored[name]
             else:
                 out[name] = floats[..., self._slices[name]].reshape(*lead, *self._shapes[name])
         return out
@@ -116,13 +148,35 @@ class ActionBox:
         return (self.low + 0.5 * (action + 1.0) * (self.high - self.low)).astype(np.float32)
 
 
+@dataclass(frozen=True)
+class ActionIndex:
+    """The action map of a discrete space of `n` actions: indices are the actions,
+    inside onramp and in the environment alike (int32)."""
+
+    n: int
+
+    def normalize(self, action: np.ndarray) -> np.ndarray:
+        return np.asarray(action, np.int32)
+
+    def to_env(self, action: np.ndarray) -> np.ndarray:
+        return np.asarray(action, np.int32)
+
+
+def action_map(env_info: dict) -> ActionBox | ActionIndex:
+    """The action map of an env described as plain values (`launch.runs.env_info`): an
+    `ActionIndex` when it has `num_actions`, else the `ActionBox` of its bounds."""
+    if env_info.get("num_actions"):
+        return ActionIndex(env_info["num_actions"])
+    return ActionBox.from_bounds(env_info["action_low"], env_info["action_high"])
+
+
 @dataclass
 class FlatSteps:
     """Many episodes' steps concatenated, with what a window needs per step."""
 
-    observations: np.ndarray  # (N, *obs) float32
-    next_observations: np.ndarray  # (N, *obs) float32
-    actions: np.ndarray  # (N, *act) float32 in [-1, 1]
+    observations: np.ndarray  # (N, *obs) float32, or uint8 frames
+    next_observations: np.ndarray  # (N, *obs) as observations
+    actions: np.ndarray  # (N, *act) float32 in [-1, 1], or (N,) int32 action indices
     rewards: np.ndarray  # (N,) float32
     returns_to_go: np.ndarray  # (N,) float32, hindsight and undiscounted
     timesteps: np.ndarray  # (N,) int32, step index within its episode
@@ -140,19 +194,25 @@ def returns_to_go(rewards: np.ndarray) -> np.ndarray:
 
 def flatten_episode(
     observations: np.ndarray,  # (T+1, *obs): every observation, including the final one
-    actions: np.ndarray,  # (T, *act) in [-1, 1]
+    actions: np.ndarray,  # (T, *act) in [-1, 1], or (T,) integer action indices
     rewards: np.ndarray,  # (T,)
     terminated: bool,
 ) -> FlatSteps:
+    """One episode's steps; uint8 observations and integer actions keep their kind
+    (uint8, int32), everything else becomes float32."""
     T = len(actions)
     term = np.zeros(T, np.float32)
     if terminated and T:
         term[-1] = 1.0
     rewards = np.asarray(rewards, np.float32)
+    observations = np.asarray(observations)
+    obs_dtype = np.uint8 if observations.dtype == np.uint8 else np.float32
+    actions = np.asarray(actions)
+    act_dtype = np.int32 if np.issubdtype(actions.dtype, np.integer) else np.float32
     return FlatSteps(
-        observations=np.asarray(observations[:T], np.float32),
-        next_observations=np.asarray(observations[1 : T + 1], np.float32),
-        actions=np.asarray(actions, np.float32),
+        observations=np.asarray(observations[:T], obs_dtype),
+        next_observations=np.asarray(observations[1 : T + 1], obs_dtype),
+        actions=np.asarray(actions, act_dtype),
         rewards=rewards,
         returns_to_go=returns_to_go(rewards),
         timesteps=np.arange(T, dtype=np.int32),

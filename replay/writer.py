@@ -2,7 +2,7 @@
 
 Actors and the offline preload both write through `EpisodeWriter`, so online and
 offline windows are built the same way (DESIGN.md, "Experience format"). Each
-episode is packed into the table's two stored columns (`replay.windows.StoredSteps`)
+episode is packed into the table's stored columns (`replay.windows.StoredSteps`)
 and appended step by step to a Reverb `StructuredWriter` after K-1 all-zero padding
 steps (mask 0); the writer's one pattern, "the last K steps of every column, from
 step index K-1 of the episode on", makes one item per real step in C++. The items share the appended chunks, so a step is stored once however many
@@ -28,7 +28,7 @@ from replay.tables import (
     as_client,
     stored_steps,
 )
-from replay.windows import FlatSteps, StoredSteps, window_shapes
+from replay.windows import FlatSteps, window_shapes
 
 structured_writer = reverb.structured_writer
 
@@ -73,10 +73,14 @@ class EpisodeWriter:
         self._spec = spec
         self._table = table
         self._max_pending_items = max_pending_items
-        self._shapes = window_shapes(spec.context_len, spec.observation_shape, spec.action_shape)
+        self._shapes = window_shapes(spec.context_len, spec.observation_shape, spec.action_shape,
+                                     spec.observation_dtype, spec.action_dtype)
         self._stored = stored_steps(spec)
+        self._order = list(self._stored.shapes(1))
+        """The stored columns, in the order each step appends them."""
         # One padding step: every column zero (timestep 0, mask 0).
-        self._padding = [np.zeros(self._stored.width, np.float32), np.zeros((), np.int32)]
+        self._padding = [np.zeros(shape[1:], dtype)
+                         for shape, dtype in self._stored.shapes(1).values()]
         self._writer: structured_writer.StructuredWriter | None = None
         self._closed = False
         self.items_written = 0
@@ -93,12 +97,13 @@ class EpisodeWriter:
         writer = self._ensure_writer()
         K = self._spec.context_len
         columns["mask"] = np.ones(length, np.float32)
-        floats, timesteps = self._stored.pack(columns)
+        packed = self._stored.pack(columns)
+        stored = [packed[name] for name in self._order]
         try:
             for _ in range(K - 1):
                 writer.append(self._padding)
             for t in range(length):
-                writer.append([floats[t], timesteps[t]])
+                writer.append([column[t] for column in stored])
                 if (t + 1) % self._max_pending_items == 0:
                     # The back-pressure point: blocks while the rate limiter holds items.
                     # Each flush waits for the server: every 24 items rather than 8, so
@@ -142,7 +147,7 @@ class EpisodeWriter:
         """One item per step from the episode's K-th appended step on (the first real
         step, after K-1 padding steps): the last K steps of every column."""
         K = self._spec.context_len
-        order = (StoredSteps.FLOATS, StoredSteps.TIMESTEPS)
+        order = self._order
         pattern = structured_writer.pattern_from_transform(
             [None] * len(order), lambda ref: {name: ref[i][-K:] for i, name in enumerate(order)}
         )

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from replay.episode_window import EpisodeWindows
 from replay.formats import ITEM_FORMATS, ItemFormat, item_format
@@ -82,3 +83,34 @@ def test_a_registered_format_decides_the_table_signature(monkeypatch):
     assert list(signature) == ["half"]
     assert tuple(signature["half"].shape) == (4, 2)
     assert table.name == EXPERIENCE_TABLE
+
+
+def test_frames_and_action_indices_reach_the_learner_batch_in_their_own_dtypes():
+    """An Atari-shaped episode (uint8 frames, discrete actions) written to a real server
+    comes back in the learner's batch, on its device, as uint8 frames and int32 indices,
+    equal to the windows the offline sampler builds."""
+    from learner.device import to_device
+
+    frame_spec = spec(observation_shape=(4, 84, 84), action_shape=(), context_len=3,
+                      observation_dtype="uint8", action_dtype="int32")
+    rng = np.random.default_rng(3)
+    steps = flatten_episode(rng.integers(0, 256, size=(6, 4, 84, 84), dtype=np.uint8),
+                            rng.integers(0, 6, size=5), np.ones(5, np.float32), terminated=True)
+    assert steps.observations.dtype == np.uint8 and steps.actions.dtype == np.int32
+    fmt = item_format(frame_spec.item_format)
+    server = start_server(frame_spec)
+    try:
+        address = f"localhost:{server.port}"
+        with fmt.writer(address, frame_spec) as writer:
+            writer.write(steps)
+        batch = next(iter(fmt.batches(address, frame_spec, 4)))
+    finally:
+        server.stop()
+    assert batch["observations"].dtype == np.uint8
+    assert batch["next_observations"].dtype == np.uint8
+    assert batch["actions"].dtype == np.int32 and batch["actions"].shape == (4, 3)
+    on_device = to_device(batch, "cpu")
+    assert on_device["observations"].dtype == torch.uint8
+    offline = fmt.offline_sampler(steps, 3, 50).sample()
+    windows = {w.tobytes() for w in offline["observations"]}
+    assert all(w.tobytes() in windows for w in batch["observations"])

@@ -284,7 +284,7 @@ def test_every_registered_objective_builds_a_learner_with_its_head():
         rule = get_objective(kind)
         learner = make_learner(kind)
         assert rule.kind == kind and isinstance(learner.rule, rule)
-        assert learner.model.head == rule.head == objective(kind).policy
+        assert learner.model.head == rule.head_for("continuous") == objective(kind).policy("continuous")
         assert (learner.critic is not None) == rule.uses_critic
         assert rule.exploration in ("sample", "noisy")
         metrics = learner.update(random_batch(1))

@@ -474,7 +474,7 @@ def test_a_checkpoint_for_another_environment_is_refused_before_anything_starts(
     result = run_cli(f"--checkpoint={checkpoint}", "--preset=hopper-random",
                      f"--logdir={run_dir}")
     assert result.returncode == 2
-    assert "observations of size 4" in result.stderr and "Hopper" in result.stderr
+    assert "observations of shape (4,)" in result.stderr and "Hopper" in result.stderr
     assert not run_dir.exists() and checkpoint.read_bytes() == before
 
 

@@ -81,31 +81,52 @@ def reference_window(episode: Episode, t: int, context_len: int) -> dict[str, np
 # ---- stored steps ----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("obs_shape, act_shape", [((OBS,), (ACT,)), ((3, 2), ()), ((1,), (4,))])
-def test_stored_steps_pack_then_unpack_gives_every_column_back(obs_shape, act_shape):
-    """Windows packed into the two stored columns unpack to the same values, shapes and
-    dtypes, with any leading (batch) shape."""
-    stored = StoredSteps(obs_shape, act_shape)
-    shapes = window_shapes(K, obs_shape, act_shape)
+@pytest.mark.parametrize("obs_shape, act_shape, obs_dtype, act_dtype", [
+    ((OBS,), (ACT,), "float32", "float32"),
+    ((3, 2), (), "float32", "float32"),
+    ((1,), (4,), "float32", "float32"),
+    ((4,), (), "float32", "int32"),       # CartPole: discrete actions
+    ((2, 6, 6), (), "uint8", "int32"),    # Atari-like: frames and discrete actions
+])
+def test_stored_steps_pack_then_unpack_gives_every_column_back(obs_shape, act_shape, obs_dtype,
+                                                               act_dtype):
+    """Windows packed into the stored columns unpack to the same values, shapes and
+    dtypes, with any leading (batch) shape; frames and action indices keep their dtype."""
+    stored = StoredSteps(obs_shape, act_shape, obs_dtype, act_dtype)
+    shapes = window_shapes(K, obs_shape, act_shape, obs_dtype, act_dtype)
     rng = np.random.default_rng(0)
     windows = {
         name: (rng.normal(size=(6, *shape)).astype(dtype) if dtype is np.float32
-               else rng.integers(0, 1000, size=(6, *shape)).astype(dtype))
+               else rng.integers(0, 200, size=(6, *shape)).astype(dtype))
         for name, (shape, dtype) in shapes.items()
     }
     flat = {name: value.reshape(6 * K, *value.shape[2:]) for name, value in windows.items()}
-    floats, timesteps = stored.pack(flat)
+    packed = stored.pack(flat)
+    floats = packed[StoredSteps.FLOATS]
     assert floats.shape == (6 * K, stored.width) and floats.dtype == np.float32
-    assert timesteps.shape == (6 * K,) and timesteps.dtype == np.int32
-    assert stored.width == 2 * int(np.prod(obs_shape)) + int(np.prod(act_shape)) + 4
-    unpacked = stored.unpack({StoredSteps.FLOATS: floats.reshape(6, K, -1),
-                              StoredSteps.TIMESTEPS: timesteps.reshape(6, K)})
+    assert packed[StoredSteps.TIMESTEPS].dtype == np.int32
+    float_obs = 2 * int(np.prod(obs_shape)) if obs_dtype == "float32" else 0
+    float_act = int(np.prod(act_shape)) if act_dtype == "float32" else 0
+    assert stored.width == float_obs + float_act + 4
+    own = {name for name in ("observations", "next_observations") if obs_dtype != "float32"}
+    own |= {"actions"} if act_dtype != "float32" else set()
+    assert set(stored.shapes(K)) == {StoredSteps.FLOATS, StoredSteps.TIMESTEPS} | own
+    for name in own:
+        assert packed[name].dtype == shapes[name][1]
+    unpacked = stored.unpack({name: value.reshape(6, K, *value.shape[1:])
+                              for name, value in packed.items()})
     assert set(unpacked) == set(WINDOW_COLUMNS)
     for name, (shape, dtype) in shapes.items():
         assert unpacked[name].shape == (6, *shape), name
         assert unpacked[name].dtype == dtype, name
         np.testing.assert_array_equal(unpacked[name], windows[name], err_msg=name)
-    assert set(stored.shapes(K)) == {StoredSteps.FLOATS, StoredSteps.TIMESTEPS}
+
+
+def test_uint8_frames_take_a_quarter_of_the_float32_bytes():
+    frames = StoredSteps((4, 84, 84), (), "uint8", "int32").bytes_per_step()
+    floats = StoredSteps((4, 84, 84), (), "float32", "int32").bytes_per_step()
+    assert frames == 2 * 4 * 84 * 84 + 4 * 4 + 4 + 4  # two frames, 4 floats, timestep, action
+    assert floats == 4 * 2 * 4 * 84 * 84 + 4 * 4 + 4 + 4
 
 
 # ---- gather_windows --------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import ClassVar
 
 import torch
@@ -19,7 +20,7 @@ class Objective:
 
         class MyObjective(Objective):
             kind = "mine"                 # the registry key, as in objective.kind
-            head = "deterministic"        # the action head the model needs
+            heads = {"continuous": "deterministic"}  # the action head per action kind
             exploration = "noisy"         # how actors act (actors.context.BatchedPolicy)
 
             def update(self, batch, rl):
@@ -31,13 +32,25 @@ class Objective:
 
     kind: ClassVar[str]
     """The registry key (`learner.objectives.OBJECTIVES`), stored as objective.kind."""
-    head: ClassVar[str]
-    """The action head it trains: 'gaussian' or 'deterministic' (models.heads)."""
+    heads: ClassVar[Mapping[str, str]]
+    """The model's action kind ('continuous', 'discrete') -> the action head it trains
+    there ('gaussian', 'deterministic', 'categorical'; models.heads). An action kind
+    missing here is one the objective cannot train."""
     exploration: ClassVar[str]
     """Actors' action rule: 'sample' (from the policy) or 'noisy' (mode plus Gaussian
-    noise of actor.exploration_noise)."""
+    noise of actor.exploration_noise; on discrete actions, a sample)."""
     uses_critic: ClassVar[bool] = False
     """It trains a critic, which pretraining fits offline (`after_pretraining`)."""
+
+    @classmethod
+    def head_for(cls, action_kind: str, space: str | None = None) -> str:
+        """The head it trains for `action_kind`; ValueError naming the objective and the
+        action space (`space`, e.g. 'Discrete(2)') when it cannot train that kind."""
+        if action_kind not in cls.heads:
+            raise ValueError(
+                f"objective.kind={cls.kind!r} trains {' or '.join(cls.heads)} actions; the "
+                f"environment's action space is {space or action_kind}")
+        return cls.heads[action_kind]
 
     def __init__(self, learner):
         """`learner` is the `learner.learner.Learner` whose networks this rule updates."""

@@ -10,7 +10,7 @@ from learner.objectives.base import Metrics, Objective
 
 class ODT(Objective):
     kind = "odt"
-    head = "gaussian"
+    heads = {"continuous": "gaussian", "discrete": "categorical"}
     exploration = "sample"
 
     def update(self, batch, rl: bool) -> Metrics:

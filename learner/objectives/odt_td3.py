@@ -49,7 +49,7 @@ class ODTTD3(Objective):
     copies `critic_target` and `model_target`."""
 
     kind = "odt_td3"
-    head = "deterministic"
+    heads = {"continuous": "deterministic"}  # TD3's actor gradient needs continuous actions
     exploration = "noisy"
     uses_critic = True
 
