@@ -35,7 +35,7 @@ class ContextBuffer:
         self.mask = np.zeros((num_envs, context_len), np.float32)
 
     @classmethod
-    def for_env(cls, num_envs: int, context_len: int, spec) -> "ContextBuffer":
+    def for_env(cls, num_envs: int, context_len: int, spec) -> ContextBuffer:
         """A buffer shaped for the env `spec` (`actors.envs.EnvSpec`)."""
         return cls(num_envs, context_len, spec.observation_shape, spec.act_dim,
                    obs_dtype=spec.observation_dtype, discrete=spec.discrete)

@@ -15,6 +15,7 @@ observation); v5 differs from D4RL.
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from dataclasses import dataclass
 
@@ -83,11 +84,21 @@ def _make(env_id: str, num_envs: int, seed: int, batch_size: int | None = None):
 
     if env_id not in envpool.list_all_envs():
         raise EnvError(f"env_id={env_id!r} is not an envpool task (see envpool.list_all_envs())")
+    with _float32_bounds_accepted():
+        env = envpool.make_gymnasium(env_id, num_envs=num_envs, seed=seed,
+                                     batch_size=batch_size or num_envs)
+        _ = env.observation_space, env.action_space  # built once, here, and kept by envpool
+        return env
+
+
+@contextlib.contextmanager
+def _float32_bounds_accepted():
+    """A context in which gymnasium's warning that float64 Box bounds (MuJoCo's,
+    CartPole's) are stored as float32 is not shown: harmless, and raised for every
+    space envpool builds."""
     with warnings.catch_warnings():
-        # gymnasium warns that MuJoCo's float64 Box bounds are stored as float32; harmless.
         warnings.filterwarnings("ignore", message=".*precision lowered.*")
-        return envpool.make_gymnasium(env_id, num_envs=num_envs, seed=seed,
-                                      batch_size=batch_size or num_envs)
+        yield
 
 
 def env_spec(env_id: str) -> EnvSpec:

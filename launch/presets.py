@@ -18,6 +18,7 @@ from pathlib import Path
 
 from learner.config import ComputeConfig, ObjectiveConfig, OptimConfig
 from models import RETIRED_MODEL_FIELDS, CriticConfig, ModelConfig
+from learner.objectives import OBJECTIVES
 from replay.formats import ITEM_FORMATS
 
 
@@ -222,6 +223,16 @@ def validate(cfg: RunConfig) -> list[str]:
                  "eval_every_env_steps"):
         if getattr(cfg.finetune, name) < 1:
             problems.append(f"finetune.{name}={getattr(cfg.finetune, name)} must be >= 1")
+    if cfg.objective.kind in OBJECTIVES and not cfg.model.validate():
+        from learner.objectives import get_objective
+
+        space = (f"Discrete({cfg.model.act_dim})" if cfg.model.action_kind == "discrete"
+                 else f"Box({cfg.model.act_dim},)")
+        try:
+            get_objective(cfg.objective.kind).head_for(cfg.model.action_kind,
+                                                       f"{space} ({cfg.env.env_id})")
+        except ValueError as error:
+            problems.append(str(error))
     if cfg.device != "auto" and not (cfg.device == "cpu" or cfg.device.startswith("cuda")):
         problems.append(f"device={cfg.device!r} must be 'auto', 'cpu' or 'cuda[:i]'")
     return problems
@@ -264,6 +275,59 @@ def quickstart() -> RunConfig:
     )
 
 
+def cartpole() -> RunConfig:
+    """CartPole-v1 (two discrete actions, 4 floats of observation) from random-policy
+    data: the categorical Decision Transformer under ODT's entropy objective, minutes on
+    CPU. Random play balances for about 22 of the 500 steps."""
+    return RunConfig(
+        name="cartpole",
+        env=EnvConfig(env_id="CartPole-v1"),
+        model=ModelConfig(
+            state_dim=4, act_dim=2, action_kind="discrete", context_len=10, embed_dim=64,
+            n_layer=2, n_head=2, ffn_dim=256, dropout=0.0, return_scale=0.01,
+        ),
+        objective=ObjectiveConfig(kind="odt"),
+        optim=OptimConfig(lr=1e-3, weight_decay=1e-4, warmup_steps=200, batch_size=64),
+        data=DataConfig(collect_policy="random", collect_episodes=300, collect_num_envs=20),
+        pretrain=PretrainConfig(updates=500, log_every=50, eval_every=250, checkpoint_every=250),
+        eval=EvalConfig(episodes=10, target_return=500.0, context_len=5),
+        replay=ReplayConfig(capacity_trajectories=200, updates_per_env_step=0.5,
+                            tolerance_steps=1000.0),
+        actor=ActorConfig(num_actors=2, envs_per_actor=4),
+        finetune=FinetuneConfig(env_steps=10_000, publish_every=25, log_every=50,
+                                checkpoint_every=1000, eval_every_env_steps=2500),
+        online_target_return=500.0,
+    )
+
+
+def pong() -> RunConfig:
+    """Atari Pong-v5 (six discrete actions, 4 stacked 84x84 uint8 frames) from
+    random-policy data: the Decision Transformer with a convolutional frame encoder,
+    small enough for 2 CPU cores. A smoke-sized run of the image path (frames stay uint8
+    from envpool through Reverb to the encoder), not a Pong player: learning Pong takes
+    millions of frames."""
+    return RunConfig(
+        name="pong",
+        env=EnvConfig(env_id="Pong-v5"),
+        model=ModelConfig(
+            state_dim=4 * 84 * 84, act_dim=6, action_kind="discrete", frame_shape=(4, 84, 84),
+            context_len=4, embed_dim=64, n_layer=1, n_head=2, ffn_dim=128, dropout=0.0,
+            return_scale=0.1,
+        ),
+        objective=ObjectiveConfig(kind="odt"),
+        optim=OptimConfig(lr=3e-4, weight_decay=1e-4, warmup_steps=50, batch_size=16),
+        data=DataConfig(collect_policy="random", collect_episodes=4, collect_num_envs=4),
+        pretrain=PretrainConfig(updates=100, log_every=20, eval_every=0, checkpoint_every=100),
+        eval=EvalConfig(episodes=2, target_return=21.0, context_len=4),
+        replay=ReplayConfig(capacity_trajectories=1, preload_trajectories=2,
+                            updates_per_env_step=0.05, tolerance_steps=500.0),
+        actor=ActorConfig(num_actors=2, envs_per_actor=2),
+        finetune=FinetuneConfig(env_steps=2000, publish_every=10, log_every=10,
+                                checkpoint_every=100, eval_every_env_steps=1000),
+        online_target_return=21.0,
+    )
+
+
 # Per robot: envpool id, observation and action sizes, and ODT's hyperparameters
 # (lr, weight decay, pretraining updates, evaluation / online targets).
 _D4RL_ROBOTS = {
@@ -301,7 +365,7 @@ def d4rl_preset(robot: str, split: str) -> RunConfig:
     )
 
 
-PRESETS = {"quickstart": quickstart}
+PRESETS = {"quickstart": quickstart, "cartpole": cartpole, "pong": pong}
 for _robot in _D4RL_ROBOTS:
     for _split in _D4RL_SPLITS:
         PRESETS[f"{_robot}-{_split}"] = (lambda r=_robot, s=_split: d4rl_preset(r, s))

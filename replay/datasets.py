@@ -407,7 +407,9 @@ def write_minari(
     else:
         act_low, act_high = _bounds(path, "action", action_low, action_high, act_shape)
         _check_actions_in_range(path, episodes, act_low, act_high)
-        action_space = gymnasium.spaces.Box(low=act_low, high=act_high, dtype=np.float32)
+        action_space = gymnasium.spaces.Box(low=np.asarray(act_low, np.float32),
+                                            high=np.asarray(act_high, np.float32),
+                                            dtype=np.float32)
         action_dtype = np.float32
     if image_observations:
         observation_space = gymnasium.spaces.Box(low=obs_low, high=obs_high, dtype=np.uint8)
@@ -419,7 +421,9 @@ def write_minari(
                 "channel-first frames (C, H, W) with C < 32, or use write_d4rl",
             )
     else:
-        observation_space = gymnasium.spaces.Box(low=obs_low, high=obs_high, dtype=np.float32)
+        observation_space = gymnasium.spaces.Box(low=np.asarray(obs_low, np.float32),
+                                                 high=np.asarray(obs_high, np.float32),
+                                                 dtype=np.float32)
     buffers = (
         EpisodeBuffer(
             seed=seed,
