@@ -1,12 +1,16 @@
 """Learning comparison: ODT vs ODT+TD3 fine-tuned from one low-quality pretrained policy.
 
-On the quickstart preset: one random-policy dataset; per seed, one Gaussian-head
-pretraining (ODT's objective), then two local fine-tuning runs from that same
-checkpoint, one per objective, with the same env-step budget. Prints one JSON object
-with per-seed returns and the medians.
+On a preset (quickstart by default): one dataset; per seed, one pretraining (ODT's
+objective), then one local fine-tuning run per objective from that same checkpoint,
+with the same env-step budget. Prints one JSON line per seed, then one JSON object
+with the per-seed returns, the medians, each objective's median score at 25/50/75/100%
+of the budget, and each run's dip below the pretrained score (lowest evaluation, and
+the env step where it is back above); writes `<out>/learning.png` (launch.report: one
+line per objective, the seeds' min-max band, the pretrained score dashed). Scores are
+D4RL-normalized where the task has reference returns.
 
-    python -m bench.learning --seeds=0,1,2 [--env_steps=6000] [--out=runs/learning]
-        [--objectives=odt,odt_td3] [--set=objective.rl_coeff=0.5 ...]
+    python -m bench.learning --seeds=0,1,2 [--preset=hopper-random-cpu] [--env_steps=6000]
+        [--out=runs/learning] [--objectives=odt,odt_td3] [--set=objective.rl_coeff=0.5 ...]
 """
 
 from __future__ import annotations
@@ -37,7 +41,9 @@ def main(argv) -> None:
     from launch.local import run_local
     from launch.pipeline import obtain_dataset, pretrain, pretrain_critic, save_config
     from launch.presets import get_preset
+    from launch.report import dip, load_run, objective_curves
     from learner.objectives import OBJECTIVES, get_objective
+    from replay.scores import normalized_score
 
     FLAGS = flags.FLAGS
     unknown = [kind for kind in FLAGS.objectives if kind not in OBJECTIVES]
@@ -61,7 +67,9 @@ def main(argv) -> None:
         pre_dir = out / f"pretrain-seed{seed}"
         pre_dir.mkdir()
         pre = pretrain(cfg, dataset, pre_dir)
-        row = {"seed": seed, "pretrained_return": pre.eval_return}
+        row = {"seed": seed, "pretrained_return": pre.eval_return,
+               "pretrained_score": normalized_score(cfg.env.task_id, pre.eval_return)
+               if cfg.env.task_id else None}
         for kind in FLAGS.objectives:
             run_cfg = replace(cfg, objective=replace(cfg.objective, kind=kind))
             run_dir = out / f"{kind}-seed{seed}"
@@ -74,13 +82,24 @@ def main(argv) -> None:
             summary = run_local(run_cfg, checkpoint, run_dir, dataset_path=dataset.source,
                                 status=False)
             row[f"{kind}_return"] = summary.final_return
+            row[f"{kind}_score"] = summary.final_normalized
             row[f"{kind}_env_steps"] = summary.env_steps
             row[f"{kind}_updates"] = summary.updates
             row[f"{kind}_seconds"] = round(time.perf_counter() - start, 1)
         results.append(row)
         print(json.dumps(row), flush=True)
     keys = ["pretrained_return"] + [f"{kind}_return" for kind in FLAGS.objectives]
+    if base.env.task_id:
+        keys += ["pretrained_score"] + [f"{kind}_score" for kind in FLAGS.objectives]
     median = {key: statistics.median(r[key] for r in results) for key in keys}
+    curves = [load_run(out / f"{kind}-seed{r['seed']}")
+              for r in results for kind in FLAGS.objectives]
+    pretrained = [r["pretrained_score" if base.env.task_id else "pretrained_return"]
+                  for r in results]
+    at_budget = objective_curves(curves, out / "learning.png", base.finetune.env_steps,
+                                 pretrained)
+    dips = {f"{c.objective}-{c.name.rsplit('-', 1)[-1]}": dip(c, p)
+            for c, p in zip(curves, [p for p in pretrained for _ in FLAGS.objectives])}
     print(json.dumps({
         "benchmark": "learning",
         "preset": base.name,
@@ -91,6 +110,9 @@ def main(argv) -> None:
         "updates_per_env_step": base.replay.updates_per_env_step,
         "overrides": FLAGS.set,
         "median": median,
+        "median_at_budget_fraction": at_budget,
+        "dips": dips,
+        "png": str(out / "learning.png"),
         "runs": results,
     }))
 

@@ -38,7 +38,7 @@ def _resume_stages(run_dir: Path):
     The dataset is reused once recorded, pretraining once it wrote its final
     checkpoint; a started fine-tuning run continues from its own checkpoints.
     """
-    from launch.pipeline import obtain_dataset
+    from launch.pipeline import obtain_dataset, recorded_dataset_path
     from launch.runs import saved_config
     from learner.checkpoint import load_checkpoint
     from learner.pretrain import PretrainResult
@@ -46,11 +46,12 @@ def _resume_stages(run_dir: Path):
     from replay.datasets import load_dataset
 
     cfg = saved_config(run_dir)
-    recorded = run_dir / "dataset"
-    if cfg.data.path is None and recorded.is_dir() and any(recorded.iterdir()):
+    recorded = recorded_dataset_path(cfg, run_dir)
+    if cfg.data.path is None and (recorded.is_file() or
+                                  (recorded.is_dir() and any(recorded.iterdir()))):
         dataset = load_dataset(recorded)
     else:
-        if recorded.exists():  # an interrupted recording: record it again
+        if recorded.is_dir():  # an interrupted recording: record it again
             shutil.rmtree(recorded)
         dataset = obtain_dataset(cfg, run_dir)
     checkpoint = run_dir / "pretrain" / "checkpoint.pt"

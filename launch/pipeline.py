@@ -79,12 +79,18 @@ def obtain_dataset(cfg, run_dir: Path, progress: bool = True,
     from learner.checkpoint import load_policy
 
     path, _ = collect(
-        cfg.env.env_id, cfg.data.collect_policy, run_dir / "dataset",
+        cfg.env.env_id, cfg.data.collect_policy, recorded_dataset_path(cfg, run_dir),
         episodes=cfg.data.collect_episodes, num_envs=cfg.data.collect_num_envs,
         seed=cfg.data.collect_seed, noise=cfg.data.collect_noise, progress=progress,
-        load_policy=load_policy,
+        load_policy=load_policy, fmt=cfg.data.collect_format,
     )
     return load_dataset(path)
+
+
+def recorded_dataset_path(cfg, run_dir: Path) -> Path:
+    """Where a run records its dataset: run_dir/dataset (a Minari folder) or
+    run_dir/dataset.hdf5 (D4RL-style), per cfg.data.collect_format."""
+    return run_dir / ("dataset.hdf5" if cfg.data.collect_format == "d4rl" else "dataset")
 
 
 def pretrain(cfg, dataset: OfflineDataset, logdir: str | Path, *, progress: bool = False,

@@ -14,6 +14,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from absl import flags
 
 from launch.flags import run_main
@@ -95,6 +96,69 @@ def plot_curves(runs: list[RunCurve], path: Path) -> Path:
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def score(run: RunCurve) -> list[float]:
+    """The run's evaluations: D4RL-normalized where the task has reference scores,
+    else raw returns."""
+    return run.normalized if len(run.normalized) == len(run.returns) else run.returns
+
+
+def on_grid(run: RunCurve, steps) -> np.ndarray:
+    """The run's evaluations linearly interpolated at env steps `steps` (held flat
+    before the first and after the last evaluation)."""
+    return np.interp(np.asarray(steps, float), run.env_steps, score(run))
+
+
+def dip(run: RunCurve, pretrained: float) -> dict:
+    """Where the curve falls below `pretrained` (the pretrained policy's score) and comes
+    back: its lowest evaluation and env step, and the first env step after that lowest
+    point at which it is at or above `pretrained` again (None: not within the run)."""
+    values = score(run)
+    low = int(np.argmin(values))
+    back = next((run.env_steps[i] for i in range(low, len(values)) if values[i] >= pretrained),
+                None)
+    return {"lowest": float(values[low]), "lowest_at": int(run.env_steps[low]),
+            "dips": bool(values[low] < pretrained), "back_above_at": back}
+
+
+def objective_curves(runs: list[RunCurve], path: Path, budget: int,
+                     pretrained: list[float] | None = None,
+                     fractions=(0.25, 0.5, 0.75, 1.0)) -> dict:
+    """One line per objective, the median over its runs (seeds) with their min-max band,
+    against env steps up to `budget`; the pretrained scores' median as a dashed line.
+    Writes the PNG at `path` and returns each objective's median at `fractions` of the
+    budget: {objective: {"25%": value, ...}}."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    grid = np.linspace(0, budget, 101)
+    at = {}
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    for objective in sorted({r.objective for r in runs}):
+        curves = np.stack([on_grid(r, grid) for r in runs if r.objective == objective])
+        median = np.median(curves, axis=0)
+        line, = ax.plot(grid, median, label=f"{objective} (median of {len(curves)})")
+        ax.fill_between(grid, curves.min(0), curves.max(0), color=line.get_color(), alpha=0.2)
+        at[objective] = {
+            f"{round(100 * f)}%": float(np.median([on_grid(r, [f * budget])[0]
+                                                   for r in runs if r.objective == objective]))
+            for f in fractions
+        }
+    if pretrained:
+        ax.axhline(float(np.median(pretrained)), color="gray", linestyle="--",
+                   label="pretrained (median)")
+    normalized = all(len(r.normalized) == len(r.returns) for r in runs)
+    ax.set_xlabel("environment steps")
+    ax.set_ylabel("D4RL-normalized score" if normalized else "evaluation return")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return at
 
 
 def write_report(run_dirs: list[Path], out: Path) -> tuple[Path, Path]:
