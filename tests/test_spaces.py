@@ -120,7 +120,10 @@ def test_cartpole_runs_the_whole_pipeline_with_two_actor_processes(tmp_path):
     logdir = tmp_path / "cartpole"
     proc = run_main("--preset=cartpole", f"--logdir={logdir}", "--collect_episodes=30",
                     "--pretrain_updates=30", "--env_steps=400", "--eval_episodes=2",
-                    "--num_actors=2", "--envs_per_actor=2", "--set=finetune.log_every=1")
+                    "--num_actors=2", "--envs_per_actor=2", "--set=finetune.log_every=1",
+                    # The actors wait for the learner's updates within 50 steps, so a
+                    # 400-step run trains however slowly the learner starts.
+                    "--set=replay.tolerance_steps=50")
     assert proc.returncode == 0, proc.stderr[-3000:]
     for row in ("dataset return", "pretrained eval return", "fine-tuned eval return"):
         assert row in proc.stdout
@@ -135,7 +138,8 @@ def test_pong_runs_collect_pretrain_and_fine_tune_on_frames(tmp_path):
     logdir = tmp_path / "pong"
     proc = run_main("--preset=pong", f"--logdir={logdir}", "--collect_episodes=1",
                     "--pretrain_updates=4", "--env_steps=150", "--eval_episodes=1",
-                    "--mode=inline", "--set=finetune.log_every=1")
+                    "--mode=inline", "--set=finetune.log_every=1",
+                    "--set=replay.tolerance_steps=20")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "fine-tuned eval return" in proc.stdout
     dataset = load_dataset(logdir / "dataset")
