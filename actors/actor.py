@@ -5,8 +5,8 @@ of environments that comes back with one forward pass over their contexts, buffe
 each environment's episode, and hands a finished episode (hindsight returns-to-go
 computed from the rewards achieved) to its writer. With an env batch smaller than M
 (`VectorEnv(batch_size=...)`) the other environments step while the policy runs;
-with `BackgroundSink` the Reverb writes run in a thread of their own, off the
-inference path.
+with `BackgroundSink` the Reverb writes (and the episode log's, through `TeeSink`)
+run in a thread of their own, off the inference path.
 Exploration is conditioned on the online target return, decremented by rewards:
 sampled actions under ODT, deterministic actions plus Gaussian noise under ODT+TD3.
 Newer weights are swapped in between steps when the params source has them.
@@ -33,6 +33,37 @@ from replay.windows import FlatSteps, flatten_episode
 
 class EpisodeSink(Protocol):
     def write(self, steps: FlatSteps) -> int: ...
+
+
+class TeeSink:
+    """Writes each episode to every one of `sinks`, in order; returns the first's count.
+
+    The actor tees to the Reverb writer first and the episode log second
+    (`launch.roles.actor_role`), so the log holds the episodes the replay server took.
+    `close` closes every sink that can be closed, then raises the first error, if any.
+    """
+
+    def __init__(self, *sinks: EpisodeSink):
+        if not sinks:
+            raise ValueError("TeeSink needs at least one sink")
+        self.sinks = sinks
+
+    def write(self, steps: FlatSteps) -> int:
+        counts = [sink.write(steps) for sink in self.sinks]
+        return counts[0]
+
+    def close(self) -> None:
+        errors = []
+        for sink in self.sinks:
+            close = getattr(sink, "close", None)
+            if close is None:
+                continue
+            try:
+                close()
+            except Exception as error:  # noqa: BLE001 (raised below, after the others close)
+                errors.append(error)
+        if errors:
+            raise errors[0]
 
 
 class BackgroundSink:

@@ -73,6 +73,20 @@ class EnvSpec:
             return ActionIndex(self.num_actions)
         return ActionBox.from_bounds(self.action_low, self.action_high)
 
+    def info(self) -> dict:
+        """The spec as plain values (shapes, action bounds, episode limit, dtypes), as the
+        roles and the episode log take it (`launch.runs.env_info`)."""
+        return {
+            "observation_shape": self.observation_shape,
+            "action_shape": self.action_shape,
+            "action_low": self.action_low.tolist(),
+            "action_high": self.action_high.tolist(),
+            "max_episode_steps": self.max_episode_steps,
+            "observation_dtype": self.observation_dtype,
+            "action_dtype": self.action_dtype,
+            "num_actions": self.num_actions,
+        }
+
     @property
     def action_space(self) -> str:
         """The action space in words, for messages: 'Discrete(6)' or 'Box(3,)'."""

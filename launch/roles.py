@@ -334,10 +334,15 @@ def actor_role(actor_id: int, cfg, paths: RunPaths, address: str, spec: ReplaySp
     `incarnation` counts restarts of this actor: each one gets its own seeds. The
     actor's TensorBoard step is the run's environment steps when it started plus its
     own, so a restarted or resumed actor's curves go on from where the run is.
+
+    With `cfg.actor.log_episodes` every episode the replay server took is also appended
+    to a new episode log file in the actor's directory (`replay.episode_log`), in the
+    writer thread when `cfg.actor.background_writes` is on.
     """
-    from actors.actor import Actor, BackgroundSink
+    from actors.actor import Actor, BackgroundSink, TeeSink
     from actors.context import BatchedPolicy
     from actors.envs import VectorEnv
+    from replay.episode_log import EpisodeLog
 
     if own_process:
         torch.set_num_threads(1)
@@ -352,12 +357,17 @@ def actor_role(actor_id: int, cfg, paths: RunPaths, address: str, spec: ReplaySp
     puller.start()
     base_step = run_env_steps(address, spec)
     writer = SummaryWriter(paths.role_dir(f"actor_{actor_id}"), purge_step=base_step)
+    actor: Actor
     sink = item_format(spec.item_format).writer(address, spec)
+    if cfg.actor.log_episodes:
+        # Second in the tee: the log gets an episode once the replay server has it.
+        log = EpisodeLog(paths.role_dir(f"actor_{actor_id}"), cfg.env.env_id,
+                         env.spec.info(), actor_id=actor_id, incarnation=incarnation,
+                         env_steps=lambda: base_step + actor.stats.env_steps)
+        sink = TeeSink(sink, log)
     if cfg.actor.background_writes:
         sink = BackgroundSink(sink)
     started = time.perf_counter()
-
-    actor: Actor
 
     def on_episode(ret: float, length: int, lag: int) -> None:
         steps = base_step + actor.stats.env_steps

@@ -58,17 +58,7 @@ def env_info(env_id: str) -> dict:
     """The env spec as plain values (shapes, action bounds, episode limit) for the roles."""
     from actors.envs import env_spec
 
-    spec = env_spec(env_id)
-    return {
-        "observation_shape": spec.observation_shape,
-        "action_shape": spec.action_shape,
-        "action_low": spec.action_low.tolist(),
-        "action_high": spec.action_high.tolist(),
-        "max_episode_steps": spec.max_episode_steps,
-        "observation_dtype": spec.observation_dtype,
-        "action_dtype": spec.action_dtype,
-        "num_actions": spec.num_actions,
-    }
+    return env_spec(env_id).info()
 
 
 def resume_hint(run_dir: Path) -> str:

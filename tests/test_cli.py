@@ -40,6 +40,7 @@ ENTRY_POINTS = {
                      "gpus", "gpu_node_cpus", "partition", "actor_partition", "time",
                      "job_name", "python", "out", "dry_run", *CONFIG, "logdir", *FINETUNE],
     "launch.report": ["logdir", "out"],
+    "replay.export": ["logdir", "out"],
     "bench.learning": ["seeds", "env_steps", "out", "preset", "objectives", "set"],
 }
 
