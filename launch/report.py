@@ -88,14 +88,21 @@ def plot_curves(runs: list[RunCurve], path: Path) -> Path:
     for r in runs:
         ys = r.normalized if use_normalized else r.returns
         ax.plot(r.env_steps, ys, marker="o", markersize=3, label=f"{r.name} ({r.objective})")
+    _save(fig, ax, use_normalized, path)
+    return path
+
+
+def _save(fig, ax, normalized: bool, path: Path) -> None:
+    """Label the axes (score or return against env steps), write the PNG, free the figure."""
+    import matplotlib.pyplot as plt
+
     ax.set_xlabel("environment steps")
-    ax.set_ylabel("D4RL-normalized score" if use_normalized else "evaluation return")
+    ax.set_ylabel("D4RL-normalized score" if normalized else "evaluation return")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
-    return path
 
 
 def score(run: RunCurve) -> list[float]:
@@ -150,14 +157,7 @@ def objective_curves(runs: list[RunCurve], path: Path, budget: int,
     if pretrained:
         ax.axhline(float(np.median(pretrained)), color="gray", linestyle="--",
                    label="pretrained (median)")
-    normalized = all(len(r.normalized) == len(r.returns) for r in runs)
-    ax.set_xlabel("environment steps")
-    ax.set_ylabel("D4RL-normalized score" if normalized else "evaluation return")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    _save(fig, ax, all(len(r.normalized) == len(r.returns) for r in runs), path)
     return at
 
 
