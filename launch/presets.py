@@ -17,8 +17,8 @@ from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path
 
 from learner.config import ComputeConfig, ObjectiveConfig, OptimConfig
-from models import RETIRED_MODEL_FIELDS, CriticConfig, ModelConfig
 from learner.objectives import OBJECTIVES
+from models import RETIRED_MODEL_FIELDS, CriticConfig, ModelConfig
 from replay.formats import ITEM_FORMATS
 
 

@@ -55,7 +55,8 @@ class FinetuneSummary:
 
 
 def env_info(env_id: str) -> dict:
-    """The env spec as plain values (shapes, action bounds, episode limit) for the roles."""
+    """The env spec as plain values for the roles (`actors.envs.EnvSpec.info`: shapes,
+    dtypes, action bounds or number of actions, episode limit)."""
     from actors.envs import env_spec
 
     return env_spec(env_id).info()

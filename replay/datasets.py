@@ -908,15 +908,22 @@ def _bounds(
         high_array = np.broadcast_to(np.asarray(high, dtype=np.float32), shape).copy()
     except (ValueError, TypeError) as error:
         raise DatasetError(path, f"{name} bounds do not fit shape {shape} ({error})") from error
-    inverted = np.argwhere(low_array > high_array)
+    _refuse_inverted(path, name, low_array, high_array)
+    return low_array, high_array
+
+
+def _refuse_inverted(path: PathLike, name: str, low: np.ndarray, high: np.ndarray,
+                     spec: str = "") -> None:
+    """DatasetError naming the first index where `{name}_low` exceeds `{name}_high`
+    (values formatted with `spec`)."""
+    inverted = np.argwhere(low > high)
     if inverted.size:
         index = tuple(int(i) for i in inverted[0])
         raise DatasetError(
             path,
-            f"{name}_low {low_array[index]} exceeds {name}_high {high_array[index]} "
+            f"{name}_low {low[index]:{spec}} exceeds {name}_high {high[index]:{spec}} "
             f"at index {index}",
         )
-    return low_array, high_array
 
 
 def _uint8_bounds(
@@ -942,14 +949,7 @@ def _uint8_bounds(
                 path,
                 f"{name} {value} is not an integer in [0, 255], as uint8 observations need",
             )
-    inverted = np.argwhere(low_array > high_array)
-    if inverted.size:
-        index = tuple(int(i) for i in inverted[0])
-        raise DatasetError(
-            path,
-            f"observation_low {low_array[index]:g} exceeds observation_high "
-            f"{high_array[index]:g} at index {index}",
-        )
+    _refuse_inverted(path, "observation", low_array, high_array, "g")
     return low_array.astype(np.uint8), high_array.astype(np.uint8)
 
 

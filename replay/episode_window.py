@@ -20,8 +20,7 @@ class EpisodeWindows(ItemFormat):
     key = "episode_window"
 
     def stored_shapes(self, spec):
-        return StoredSteps(spec.observation_shape, spec.action_shape, spec.observation_dtype,
-                           spec.action_dtype).shapes(spec.context_len)
+        return StoredSteps.for_spec(spec).shapes(spec.context_len)
 
     def writer(self, client_or_address, spec):
         from replay.writer import EpisodeWriter

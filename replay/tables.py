@@ -128,8 +128,7 @@ class ReplaySpec:
 
 def stored_steps(spec: ReplaySpec) -> StoredSteps:
     """How the experience table stores a step of `spec`'s windows."""
-    return StoredSteps(spec.observation_shape, spec.action_shape, spec.observation_dtype,
-                       spec.action_dtype)
+    return StoredSteps.for_spec(spec)
 
 
 def experience_signature(spec: ReplaySpec) -> dict[str, tf.TensorSpec]:

@@ -90,6 +90,12 @@ class StoredSteps:
         self.width = start
         """Length of the packed float vector of one step."""
 
+    @classmethod
+    def for_spec(cls, spec) -> StoredSteps:
+        """The packing of a `replay.tables.ReplaySpec`'s spaces."""
+        return cls(spec.observation_shape, spec.action_shape, spec.observation_dtype,
+                   spec.action_dtype)
+
     def shapes(self, context_len: int) -> dict[str, tuple[tuple[int, ...], type]]:
         """Stored column -> (shape, dtype) of one window: the table's signature."""
         shapes = {self.FLOATS: ((context_len, self.width), np.float32)}
