@@ -244,6 +244,7 @@ def learner_role(cfg, paths: RunPaths, address: str, spec: ReplaySpec, stop) -> 
             "distributed.updates_per_env_step":
                 spec.samples_per_insert / (world_size * cfg.optim.batch_size),
         })
+    table["compute.in_effect"] = learner.compute_path
     writer.text("config", markdown_table(table), step=learner.step)
 
     last_counts = {"env_steps": 0}

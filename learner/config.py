@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
+from learner.device import cpu_has_native_bf16
 from models import CriticConfig
 
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -116,9 +117,10 @@ class ComputeConfig:
     """How the learner computes an update; none of it changes what an update means.
 
     'auto' picks per device, from bench/learner.py measurements (DESIGN.md,
-    "Performance"): on CUDA bf16 autocast, torch.compile and fused optimizers; on CPU
-    fp32, eager and per-tensor optimizer steps, where bf16 autocast and compilation
-    were slower and fused optimizers no faster for onramp's models.
+    "Performance"): on CUDA bf16 autocast, torch.compile and fused optimizers. On CPU,
+    eager and per-tensor optimizer steps, with bf16 autocast only where the CPU has
+    native bf16 instructions (`learner.device.cpu_has_native_bf16`) and the model is
+    at least `CPU_BF16_MIN_WIDTH` wide; fp32 otherwise.
     """
 
     precision: str = "auto"
@@ -140,16 +142,29 @@ class ComputeConfig:
                 problems.append(f"compute.{name}={value!r} must be one of {SWITCHES}")
         return problems
 
-    def resolve(self, device: torch.device) -> tuple[bool, bool, bool]:
-        """(bf16 autocast, compile, fused optimizers) in effect on `device`."""
+    def resolve(self, device: torch.device, width: int | None = None,
+                native_bf16: bool | None = None) -> tuple[bool, bool, bool]:
+        """(bf16 autocast, compile, fused optimizers) in effect on `device` for a model
+        `width` wide (None: unknown, which keeps a CPU on fp32). `native_bf16` says
+        whether the CPU has bf16 instructions; None reads it from the machine."""
         cuda = device.type == "cuda"
-        bf16 = self.precision == "bf16" or (
-            self.precision == "auto" and cuda and torch.cuda.is_bf16_supported()
-        )
+        if self.precision == "auto" and cuda:
+            bf16 = torch.cuda.is_bf16_supported()
+        elif self.precision == "auto":
+            if native_bf16 is None:
+                native_bf16 = cpu_has_native_bf16()
+            bf16 = native_bf16 and width is not None and width >= CPU_BF16_MIN_WIDTH
+        else:
+            bf16 = self.precision == "bf16"
         compiled = self.compile == "on" or (self.compile == "auto" and cuda)
         fused = self.fused_optimizers == "on" or (self.fused_optimizers == "auto" and cuda)
         return bf16, compiled, fused
 
+
+CPU_BF16_MIN_WIDTH = 128
+"""Narrowest model that 'auto' runs under bf16 autocast on a CPU with native bf16:
+on a 2-core AMD EPYC with AVX512_BF16, bf16 was 0.88x of fp32 at width 64 (quickstart),
+1.8x at width 128 (the locomotion CPU presets) and 2.2x at width 512 (bench/learner.py)."""
 
 DEFAULT_COMPUTE = ComputeConfig()
 

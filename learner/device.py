@@ -2,8 +2,26 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
+
+
+CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+def cpu_has_native_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
+    """Whether the CPU lists a bf16 instruction set (AVX512_BF16 or AMX-BF16) among its
+    flags in `cpuinfo`; False where the file is missing (not Linux) or lists neither."""
+    try:
+        text = Path(cpuinfo).read_text()
+    except OSError:
+        return False
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return any(flag in line.split() for flag in CPU_BF16_FLAGS)
+    return False
 
 
 def resolve_device(name: str) -> torch.device:

@@ -105,7 +105,7 @@ class Learner:
         self.objective = objective
         self.optim = optim
         self.compute = compute
-        self.bf16, self.compiled, self.fused = compute.resolve(self.device)
+        self.bf16, self.compiled, self.fused = compute.resolve(self.device, model_cfg.embed_dim)
         fused = self.fused
         rule = get_objective(objective.kind)
         self.model_cfg = model_cfg
@@ -144,6 +144,16 @@ class Learner:
         target copies to this learner."""
         self.step = 0  # batches consumed (one critic update each under odt_td3)
         self.skipped = 0  # updates skipped for a NaN or inf loss or gradient norm
+
+    @property
+    def compute_path(self) -> str:
+        """The compute path in effect, e.g. 'bf16 autocast, eager, per-tensor optimizers'
+        (what `compute` resolved to on this device; logged with the config)."""
+        return ", ".join((
+            "bf16 autocast" if self.bf16 else "fp32",
+            "compiled" if self.compiled else "eager",
+            "fused optimizers" if self.fused else "per-tensor optimizers",
+        ))
 
     def maybe_compile(self, fn):
         """`fn` through torch.compile when the compute path compiles, else `fn`."""

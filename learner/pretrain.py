@@ -56,7 +56,8 @@ def pretrain(cfg, dataset: OfflineDataset, logdir: str | Path, *, action_box: Ac
         learner.set_state_normalization(*state_statistics(dataset.episodes))
 
     writer = SummaryWriter(role_dir)
-    writer.text("config", markdown_table(flatten(cfg)), step=0)
+    writer.text("config", markdown_table({**flatten(cfg),
+                                          "compute.in_effect": learner.compute_path}), step=0)
     writer.scalars({
         "dataset/episodes": len(dataset.episodes),
         "dataset/steps": dataset.num_steps,

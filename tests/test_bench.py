@@ -124,3 +124,31 @@ def test_bench_memory_growth_is_the_slope_after_the_warm_up():
     assert out["learner"]["peak_rss_mib"] == pytest.approx(300.0 + 200.0 + 2.0 * 590 / 60, abs=0.1)
     assert out["replay"]["growth_mib_per_min"] == pytest.approx(0.0, abs=1e-9)
     assert out["replay"]["samples"] == 60
+
+
+def test_auto_compute_picks_bf16_on_cpu_only_with_native_bf16_and_a_wide_model(tmp_path):
+    from learner.config import CPU_BF16_MIN_WIDTH, ComputeConfig
+    from learner.device import cpu_has_native_bf16
+
+    cpu, auto = torch.device("cpu"), ComputeConfig()
+    wide, narrow = CPU_BF16_MIN_WIDTH, CPU_BF16_MIN_WIDTH // 2
+    assert auto.resolve(cpu, wide, native_bf16=True) == (True, False, False)
+    assert auto.resolve(cpu, narrow, native_bf16=True) == (False, False, False)
+    assert auto.resolve(cpu, wide, native_bf16=False) == (False, False, False)
+    assert auto.resolve(cpu, None, native_bf16=True) == (False, False, False)
+    # An explicit precision is what it says, whatever the CPU.
+    assert ComputeConfig(precision="fp32").resolve(cpu, wide, native_bf16=True)[0] is False
+    assert ComputeConfig(precision="bf16").resolve(cpu, narrow, native_bf16=False)[0] is True
+
+    with_bf16, without = tmp_path / "a", tmp_path / "b"
+    with_bf16.write_text("processor\t: 0\nflags\t\t: fpu sse avx2 avx512f avx512_bf16\n")
+    without.write_text("processor\t: 0\nflags\t\t: fpu sse avx2 avx512f avx512_vnni\n")
+    assert cpu_has_native_bf16(str(with_bf16)) is True
+    assert cpu_has_native_bf16(str(without)) is False
+    assert cpu_has_native_bf16(str(tmp_path / "missing")) is False
+
+
+def test_the_learner_reports_the_compute_path_in_effect():
+    learner = Learner(MODEL, ObjectiveConfig(kind="odt"), OptimConfig(batch_size=4), "cpu",
+                      EAGER_FP32)
+    assert learner.compute_path == "fp32, eager, per-tensor optimizers"
