@@ -92,12 +92,14 @@ def plot_curves(runs: list[RunCurve], path: Path) -> Path:
     return path
 
 
-def _save(fig, ax, normalized: bool, path: Path) -> None:
-    """Label the axes (score or return against env steps), write the PNG, free the figure."""
+def _save(fig, ax, normalized: bool, path: Path, xlabel: str = "environment steps",
+          ylabel: str | None = None) -> None:
+    """Label the axes (by default score or return against env steps), write the PNG,
+    free the figure."""
     import matplotlib.pyplot as plt
 
-    ax.set_xlabel("environment steps")
-    ax.set_ylabel("D4RL-normalized score" if normalized else "evaluation return")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel or ("D4RL-normalized score" if normalized else "evaluation return"))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -159,6 +161,33 @@ def objective_curves(runs: list[RunCurve], path: Path, budget: int,
                    label="pretrained (median)")
     _save(fig, ax, all(len(r.normalized) == len(r.returns) for r in runs), path)
     return at
+
+
+def incontext_curves(curves: dict[str, np.ndarray], path: Path,
+                     optimal: float | None = None, random: float | None = None) -> Path:
+    """Return against episode index in context, one line per method: `curves[name]` is
+    (runs, episodes), each row one run's return per episode averaged over its tasks;
+    the line is the median over runs, the band their min-max. `optimal` and `random`
+    (the tasks' mean optimal and random returns) are drawn dashed. Writes the PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    for name, values in curves.items():
+        values = np.atleast_2d(np.asarray(values, float))
+        episodes = np.arange(1, values.shape[1] + 1)
+        line, = ax.plot(episodes, np.median(values, axis=0),
+                        label=f"{name} (median of {len(values)})")
+        ax.fill_between(episodes, values.min(0), values.max(0), color=line.get_color(),
+                        alpha=0.2)
+    for value, label, style in ((optimal, "optimal", "--"), (random, "random policy", ":")):
+        if value is not None:
+            ax.axhline(value, color="gray", linestyle=style, label=label)
+    _save(fig, ax, False, path, xlabel="episode in context",
+          ylabel="return (mean over held-out tasks)")
+    return path
 
 
 def write_report(run_dirs: list[Path], out: Path) -> tuple[Path, Path]:

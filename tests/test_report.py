@@ -43,3 +43,18 @@ def test_objective_curves_write_a_png_and_give_medians_at_budget_fractions(tmp_p
     assert at["odt"]["50%"] == pytest.approx(11.0) and at["odt"]["100%"] == pytest.approx(21.0)
     assert at["odt_td3"]["25%"] == pytest.approx(20.0)
     assert at["odt_td3"]["100%"] == pytest.approx(41.0)
+
+
+def test_incontext_curves_write_a_png_with_one_line_per_method(tmp_path):
+    import matplotlib.image
+
+    from launch.report import incontext_curves
+
+    rising = np.stack([np.linspace(2, 15 + s, 40) for s in range(3)])
+    flat = np.full((3, 40), 9.0)
+    path = incontext_curves({"AD": rising, "ED": flat}, tmp_path / "incontext.png",
+                            optimal=16.0, random=2.0)
+    image = matplotlib.image.imread(path)
+    assert image.shape[0] > 300 and image.shape[1] > 500
+    # Lines and bands in colour, not a blank canvas.
+    assert (np.ptp(image[..., :3], axis=-1) > 0.2).mean() > 0.005
