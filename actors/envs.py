@@ -11,6 +11,11 @@
 
 D4RL-comparable ids: Hopper-v4, HalfCheetah-v4, Walker2d-v4, Ant-v3 (111-dim
 observation); v5 differs from D4RL.
+
+Task families onramp implements itself (`LOCAL_ENVS`: Dark Room and Dark
+Key-to-Door, `actors.darkroom`) are built by id in place of an envpool task, with a
+task index per environment (`VectorEnv(..., tasks=)`), and driven through the same
+calls.
 """
 
 from __future__ import annotations
@@ -21,9 +26,18 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from actors import darkroom
 from replay.windows import ActionBox, ActionIndex
 
 D4RL_ENV_IDS = ("Hopper-v4", "HalfCheetah-v4", "Walker2d-v4", "Ant-v3")
+
+LOCAL_ENVS: dict[str, type] = {**darkroom.ENVS}
+"""onramp's own task families by env id. Each class is built as `(num_envs, tasks,
+batch_size)`, has the envpool calls `VectorEnv` makes (reset, step, async_reset, send,
+recv, close) and the class attributes `observation_shape`, `num_actions` (Discrete
+actions) and `max_episode_steps` that `env_spec` reads."""
+LOCAL_ENV_VERSION = "onramp"
+"""`EnvSpec.envpool_version` of a `LOCAL_ENVS` family."""
 
 
 class EnvError(ValueError):
@@ -93,7 +107,17 @@ class EnvSpec:
         return f"Discrete({self.num_actions})" if self.discrete else f"Box{self.action_shape}"
 
 
-def _make(env_id: str, num_envs: int, seed: int, batch_size: int | None = None):
+def _make(env_id: str, num_envs: int, seed: int, batch_size: int | None = None,
+          tasks: np.ndarray | None = None):
+    family = LOCAL_ENVS.get(env_id)
+    if family is not None:
+        if tasks is None:
+            raise ValueError(f"env_id={env_id!r} needs tasks=, a ({num_envs},) int array of "
+                             "task indices")
+        return family(num_envs, tasks, batch_size=batch_size or num_envs)
+    if tasks is not None:
+        raise ValueError(f"tasks= is for onramp's own task families ({', '.join(LOCAL_ENVS)}); "
+                         f"env_id={env_id!r} takes none")
     import envpool
 
     if env_id not in envpool.list_all_envs():
@@ -116,7 +140,16 @@ def _float32_bounds_accepted():
 
 
 def env_spec(env_id: str) -> EnvSpec:
-    """Spaces and limits of `env_id`, read from a one-env envpool instance."""
+    """Spaces and limits of `env_id`, read from a one-env envpool instance, or from the
+    class of a `LOCAL_ENVS` family."""
+    family = LOCAL_ENVS.get(env_id)
+    if family is not None:
+        n = int(family.num_actions)
+        return EnvSpec(env_id=env_id, observation_shape=tuple(family.observation_shape),
+                       action_shape=(), action_low=np.zeros((), np.float32),
+                       action_high=np.full((), n - 1, np.float32),
+                       max_episode_steps=int(family.max_episode_steps),
+                       envpool_version=LOCAL_ENV_VERSION, num_actions=n)
     import envpool
 
     env = _make(env_id, 1, 0)
@@ -187,16 +220,21 @@ class VectorEnv:
       while the caller computes actions. Right after `start()` every environment
       comes back once flagged `is_reset` with its first observation.
       `batch_size == num_envs` is lockstep through the same calls.
+
+    `tasks` ((num_envs,) task indices) fixes each environment of a `LOCAL_ENVS` family
+    to its task, and is refused for an envpool id. Those families are deterministic
+    and do not read `seed`.
     """
 
-    def __init__(self, env_id: str, num_envs: int, seed: int, batch_size: int | None = None):
+    def __init__(self, env_id: str, num_envs: int, seed: int, batch_size: int | None = None,
+                 tasks: np.ndarray | None = None):
         batch_size = batch_size or num_envs
         if not 1 <= batch_size <= num_envs:
             raise ValueError(f"{batch_size=} must lie in [1, num_envs={num_envs}]")
         self.spec = env_spec(env_id)
         self.num_envs = num_envs
         self.batch_size = batch_size
-        self._env = _make(env_id, num_envs, seed, batch_size)
+        self._env = _make(env_id, num_envs, seed, batch_size, tasks)
         self._box = self.spec.action_box
         self._obs_dtype = np.uint8 if self.spec.observation_dtype == "uint8" else np.float32
         self._ids = np.arange(num_envs, dtype=np.int32)
