@@ -239,11 +239,15 @@ def validate(cfg: RunConfig) -> list[str]:
 
         space = (f"Discrete({cfg.model.act_dim})" if cfg.model.action_kind == "discrete"
                  else f"Box({cfg.model.act_dim},)")
+        rule = get_objective(cfg.objective.kind)
         try:
-            get_objective(cfg.objective.kind).head_for(cfg.model.action_kind,
-                                                       f"{space} ({cfg.env.env_id})")
+            rule.head_for(cfg.model.action_kind, f"{space} ({cfg.env.env_id})")
         except ValueError as error:
             problems.append(str(error))
+        if cfg.model.kind not in rule.model_kinds:
+            problems.append(f"objective.kind={rule.kind!r} trains model.kind "
+                            f"{' or '.join(map(repr, rule.model_kinds))}; the preset's "
+                            f"model.kind is {cfg.model.kind!r}")
     if cfg.device != "auto" and not (cfg.device == "cpu" or cfg.device.startswith("cuda")):
         problems.append(f"device={cfg.device!r} must be 'auto', 'cpu' or 'cuda[:i]'")
     return problems

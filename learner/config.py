@@ -17,8 +17,9 @@ SWITCHES = ("auto", "on", "off")
 class ObjectiveConfig:
     kind: str = "odt"
     """The objective's registry key (`learner.objectives`): 'odt' (max-entropy sequence
-    NLL), 'odt_td3' (supervised + TD3 critic gradient) or 'rcbc' (return-conditioned
-    behaviour cloning, MSE)."""
+    NLL), 'odt_td3' (supervised + TD3 critic gradient), 'rcbc' (return-conditioned
+    behaviour cloning, MSE) or 'ad' (Algorithm Distillation's action cross-entropy on
+    learning histories, offline only)."""
 
     # ODT (Zheng et al. 2022, Sec. 4).
     init_temperature: float = 0.1

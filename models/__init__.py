@@ -1,6 +1,8 @@
-"""Networks only: the Decision Transformer, its heads and the TD3 critic, and the
-registry that builds a model from its config's key. Imports torch alone."""
+"""Networks only: the Decision Transformer, its heads and the TD3 critic, the Algorithm
+Distillation transformer and its in-context policy, and the registry that builds a model
+from its config's key. Imports torch alone."""
 
+from models.ad_transformer import ADTransformer, InContextPolicy
 from models.critic import CriticConfig, TwinQ
 from models.decision_transformer import (
     ACTION_KIND_HEADS,
@@ -20,11 +22,13 @@ __all__ = [
     "HEADS",
     "MODELS",
     "RETIRED_MODEL_FIELDS",
+    "ADTransformer",
     "Categorical",
     "CriticConfig",
     "DecisionTransformer",
     "DeterministicAction",
     "FrameEncoder",
+    "InContextPolicy",
     "ModelConfig",
     "SquashedGaussian",
     "TwinQ",

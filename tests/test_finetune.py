@@ -28,10 +28,12 @@ from launch.program import run_roles
 from learner.checkpoint import load_checkpoint
 from learner.config import ObjectiveConfig, OptimConfig
 from learner.finetune import learner_from_checkpoint
-from learner.objectives import OBJECTIVES
+from learner.objectives import OBJECTIVES, get_objective
 from learner.tensorboard import read_scalars
 from models import ModelConfig
 from replay.datasets import load_dataset
+
+ONLINE_OBJECTIVES = [kind for kind in OBJECTIVES if get_objective(kind).online]
 
 
 def role_processes(parent: psutil.Process) -> list[psutil.Process]:
@@ -52,7 +54,7 @@ def local_runs(pretrained, tmp_path_factory):
     data, checkpoint, _ = pretrained
     me = psutil.Process()
     runs = {}
-    for kind in OBJECTIVES:
+    for kind in ONLINE_OBJECTIVES:
         cfg = replace(tiny_config(), objective=ObjectiveConfig(kind=kind))
         run_dir = tmp_path_factory.mktemp(kind)
         summary = run_local(cfg, checkpoint, run_dir, dataset_path=str(data), status=False)
@@ -60,7 +62,7 @@ def local_runs(pretrained, tmp_path_factory):
     return runs
 
 
-@pytest.mark.parametrize("kind", list(OBJECTIVES))
+@pytest.mark.parametrize("kind", ONLINE_OBJECTIVES)
 @pytest.mark.slow
 def test_local_run_with_two_actors_finishes_and_logs(local_runs, kind):
     """Every role runs as its own process; the run stops at the budget, leaves no child

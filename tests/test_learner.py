@@ -280,7 +280,9 @@ def test_rcbc_learner_fits_state_determined_actions(seed):
 
 
 def test_every_registered_objective_builds_a_learner_with_its_head():
-    for kind in OBJECTIVES:
+    for_transformers = [k for k in OBJECTIVES if MODEL.kind in get_objective(k).model_kinds]
+    assert for_transformers == ["odt", "odt_td3", "rcbc"]
+    for kind in for_transformers:
         rule = get_objective(kind)
         learner = make_learner(kind)
         assert rule.kind == kind and isinstance(learner.rule, rule)
@@ -291,7 +293,9 @@ def test_every_registered_objective_builds_a_learner_with_its_head():
         assert learner.step == 1 and "loss/nonfinite" not in metrics
     with pytest.raises(ValueError, match="objective.kind='nope' is not a registered objective"):
         get_objective("nope")
-    assert "objective.kind='nope' must be one of ('odt', 'odt_td3', 'rcbc')" in \
+    with pytest.raises(ValueError, match="objective.kind='ad' trains discrete actions"):
+        make_learner("ad")  # its model check: tests/test_ad_model.py
+    assert "objective.kind='nope' must be one of ('odt', 'odt_td3', 'rcbc', 'ad')" in \
         ObjectiveConfig(kind="nope").validate()
 
 

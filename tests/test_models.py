@@ -324,7 +324,7 @@ def test_models_are_built_by_registry_key():
     model = build_model(cfg, head="deterministic")
     assert type(model) is MODELS["decision_transformer"] and model.head == "deterministic"
     with pytest.raises(ValueError, match="model.kind='nope' is not a registered model; "
-                                         "registered: decision_transformer"):
+                                         "registered: algorithm_distillation, decision_transformer"):
         build_model(replace(cfg, kind="nope"), head="gaussian")
     assert any("model.kind='nope'" in p for p in replace(cfg, kind="nope").validate())
 

@@ -22,6 +22,7 @@ OBJECTIVES: dict[str, str] = {
     "odt": "learner.objectives.odt:ODT",
     "odt_td3": "learner.objectives.odt_td3:ODTTD3",
     "rcbc": "learner.objectives.rcbc:ReturnConditionedBC",
+    "ad": "learner.objectives.ad:AlgorithmDistillation",
 }
 """Registry key -> "module:class" of its `learner.objectives.base.Objective` subclass."""
 

@@ -39,6 +39,12 @@ class Objective:
     exploration: ClassVar[str]
     """Actors' action rule: 'sample' (from the policy) or 'noisy' (mode plus Gaussian
     noise of actor.exploration_noise; on discrete actions, a sample)."""
+    model_kinds: ClassVar[tuple[str, ...]] = ("decision_transformer",)
+    """The models (`ModelConfig.kind`) whose batches it reads; any other model is a
+    config error (`launch.presets.validate`, and the learner refuses it)."""
+    online: ClassVar[bool] = True
+    """It fine-tunes from the actors' online experience; False: it trains offline only,
+    and no fine-tuning run takes it."""
     uses_critic: ClassVar[bool] = False
     """It trains a critic, which pretraining fits offline (`after_pretraining`)."""
 
@@ -53,7 +59,12 @@ class Objective:
         return cls.heads[action_kind]
 
     def __init__(self, learner):
-        """`learner` is the `learner.learner.Learner` whose networks this rule updates."""
+        """`learner` is the `learner.learner.Learner` whose networks this rule updates;
+        ValueError when its model is not one of `model_kinds`."""
+        if learner.model_cfg.kind not in self.model_kinds:
+            raise ValueError(f"objective.kind={self.kind!r} trains model.kind "
+                             f"{' or '.join(map(repr, self.model_kinds))}, not "
+                             f"model.kind={learner.model_cfg.kind!r}")
         self.learner = learner
 
     def update(self, batch: dict[str, torch.Tensor], rl: bool) -> Metrics:
