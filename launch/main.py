@@ -64,6 +64,46 @@ def _resume_stages(run_dir: Path):
     return cfg, dataset, result
 
 
+def saved_pipeline(run_dir: Path) -> str:
+    """The pipeline a run directory's saved config names ('offline_online' when absent)."""
+    import json
+
+    config = run_dir / "config.json"
+    if not config.is_file():
+        return "offline_online"
+    return json.loads(config.read_text()).get("pipeline", "offline_online")
+
+
+def _in_context(cfg, start: float) -> None:
+    """The in-context pipeline (`launch.incontext`): histories, AD and ED, evaluation."""
+    from launch.incontext import run_in_context, summary
+    from launch.pipeline import save_config, summary_table, tensorboard_command
+
+    run_dir = new_run_dir(flags.FLAGS.logdir, cfg.name)
+    save_config(run_dir, cfg)
+    print(f"onramp: preset {cfg.name}, {cfg.env.env_id}, in-context pipeline, run directory "
+          f"{run_dir}")
+    result = run_in_context(cfg, run_dir)
+    figures = summary(result)
+    rows = [("preset", cfg.name), ("environment", cfg.env.env_id),
+            ("held-out tasks", " ".join(map(str, result.held_out.tolist()))),
+            ("optimal return", f"{figures['optimal_return']:.2f} (mean over held-out tasks)"),
+            ("random policy return", f"{figures['random_return']:.2f}")]
+    for name in result.returns:
+        f = figures[name]
+        reach = f["episodes_to_70pct_optimal"]
+        rows.append((f"{name} return", f"episode 1: {f['first_episode']:.2f}, episodes 30-40: "
+                                       f"{f['episodes_30_40']:.2f} "
+                                       f"({f['episodes_30_40_of_optimal']:.0%} of optimal), "
+                                       f"70% of optimal at episode {reach or 'never'}"))
+    for stage, seconds in result.seconds.items():
+        rows.append((f"time: {stage}", f"{seconds:.0f} s"))
+    rows += [("wall time", f"{time.perf_counter() - start:.0f} s"),
+             ("plot", str(run_dir / "incontext.png")),
+             ("tensorboard", tensorboard_command(run_dir))]
+    print(summary_table(rows))
+
+
 def main(argv) -> None:
     del argv
     from launch.local import run_inline, run_local
@@ -84,10 +124,16 @@ def main(argv) -> None:
         if not FLAGS.logdir:
             raise ValueError("--resume needs --logdir: the run directory to continue")
         run_dir = Path(FLAGS.logdir)
+        if saved_pipeline(run_dir) != "offline_online":
+            raise ValueError(f"--resume continues offline-to-online runs; {run_dir} is an "
+                             f"in-context run: start it again")
         cfg, dataset, result = _resume_stages(run_dir)
         print(f"onramp: resuming {run_dir}")
     else:
         cfg = resolve_config()
+        if cfg.pipeline == "in_context":
+            _in_context(cfg, start)
+            return
         given = given_dataset(cfg)  # a bad dataset is refused before the run directory exists
         run_dir = new_run_dir(FLAGS.logdir, cfg.name)
         save_config(run_dir, cfg)

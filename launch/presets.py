@@ -16,6 +16,7 @@ import typing
 from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path
 
+from actors.qlearning import QLearningConfig
 from learner.config import ComputeConfig, ObjectiveConfig, OptimConfig
 from learner.objectives import OBJECTIVES
 from models import RETIRED_MODEL_FIELDS, CriticConfig, ModelConfig
@@ -129,6 +130,37 @@ class FinetuneConfig:
 
 
 @dataclass(frozen=True)
+class InContextConfig:
+    """The in-context pipeline's stages (`launch.incontext`; pipeline 'in_context')."""
+
+    held_out_fraction: float = 0.2
+    """Share of the family's tasks held out of the histories and evaluated in context."""
+    split_seed: int = 0
+    """Seed of the train/held-out split; fixed across run seeds, so every seed is
+    evaluated on the same held-out tasks."""
+    histories_per_task: int = 4
+    """Source histories recorded per training task, each from scratch."""
+    source_episodes: int = 200
+    """Episodes the source plays per history (tabular Q-learning: from random to near
+    optimal within 200 on Dark Room, actors/qlearning.py)."""
+    keep_every: int = 4
+    """Every this many episodes of a source history is kept for training: AD learns an
+    improvement operator that many times faster than the source's."""
+    expert_episodes: int = 5
+    """Expert distillation trains on the last this many kept episodes of each history."""
+    eval_episodes: int = 40
+    """Episodes in context per held-out task."""
+    source: QLearningConfig = field(default_factory=QLearningConfig)
+    """The source algorithm's settings."""
+
+
+PIPELINES = ("offline_online", "in_context")
+"""What `launch.main` runs: 'offline_online' (dataset, pretraining, online fine-tuning)
+or 'in_context' (source histories, Algorithm Distillation and its in-context
+evaluation, `launch.incontext`)."""
+
+
+@dataclass(frozen=True)
 class RunConfig:
     name: str
     env: EnvConfig
@@ -144,6 +176,10 @@ class RunConfig:
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     online_target_return: float = 7200.0
     """Exploration target while fine-tuning (ODT: twice the evaluation target)."""
+    pipeline: str = "offline_online"
+    """One of `PIPELINES`."""
+    incontext: InContextConfig = field(default_factory=InContextConfig)
+    """The in-context pipeline's settings (read when pipeline is 'in_context')."""
     seed: int = 0
     device: str = "auto"
     """'auto' (CUDA when present), 'cpu' or 'cuda[:i]'."""
@@ -248,6 +284,7 @@ def validate(cfg: RunConfig) -> list[str]:
             problems.append(f"objective.kind={rule.kind!r} trains model.kind "
                             f"{' or '.join(map(repr, rule.model_kinds))}; the preset's "
                             f"model.kind is {cfg.model.kind!r}")
+    problems += _pipeline_problems(cfg)
     if cfg.device != "auto" and not (cfg.device == "cpu" or cfg.device.startswith("cuda")):
         problems.append(f"device={cfg.device!r} must be 'auto', 'cpu' or 'cuda[:i]'")
     return problems
@@ -380,6 +417,61 @@ def d4rl_preset(robot: str, split: str) -> RunConfig:
     )
 
 
+def _pipeline_problems(cfg: RunConfig) -> list[str]:
+    if cfg.pipeline not in PIPELINES:
+        return [f"pipeline={cfg.pipeline!r} must be one of {PIPELINES}"]
+    problems = []
+    if cfg.objective.kind in OBJECTIVES:
+        from learner.objectives import get_objective
+
+        online = get_objective(cfg.objective.kind).online
+        if online != (cfg.pipeline == "offline_online"):
+            problems.append(
+                f"objective.kind={cfg.objective.kind!r} "
+                + ("fine-tunes online" if online else "trains offline only")
+                + f"; pipeline={cfg.pipeline!r} needs "
+                + ("an offline-only objective such as 'ad'" if online
+                   else "an online objective"))
+    if cfg.pipeline != "in_context":
+        return problems
+    ic = cfg.incontext
+    from actors.darkroom import ENVS as GRID_FAMILIES
+
+    if cfg.env.env_id not in GRID_FAMILIES:
+        problems.append(f"env.env_id={cfg.env.env_id!r}: the in-context pipeline runs on "
+                        f"the grid tasks ({', '.join(GRID_FAMILIES)})")
+    if not 0.0 < ic.held_out_fraction < 1.0:
+        problems.append(f"incontext.held_out_fraction={ic.held_out_fraction} must lie in (0, 1)")
+    for name in ("histories_per_task", "source_episodes", "keep_every", "expert_episodes",
+                 "eval_episodes"):
+        if getattr(ic, name) < 1:
+            problems.append(f"incontext.{name}={getattr(ic, name)} must be >= 1")
+    kept = -(-ic.source_episodes // max(ic.keep_every, 1))
+    if ic.expert_episodes > kept:
+        problems.append(f"incontext.expert_episodes={ic.expert_episodes} must be at most the "
+                        f"{kept} episodes kept per history (source_episodes / keep_every)")
+    return problems
+
+
+def ad_darkroom() -> RunConfig:
+    """`ad-darkroom`: Algorithm Distillation on Dark Room (Laskin et al. 2022), sized for
+    2 CPU cores (DESIGN.md, "In-context reinforcement learning")."""
+    return RunConfig(
+        name="ad-darkroom",
+        env=EnvConfig(env_id="DarkRoom-v0"),
+        model=ModelConfig(kind="algorithm_distillation", state_dim=2, act_dim=5,
+                          action_kind="discrete", context_len=80, embed_dim=64, n_layer=4,
+                          n_head=4, ffn_dim=256, dropout=0.1),
+        objective=ObjectiveConfig(kind="ad"),
+        optim=OptimConfig(lr=1e-3, weight_decay=1e-4, warmup_steps=500, batch_size=64),
+        pretrain=PretrainConfig(updates=4000, log_every=100, eval_every=0,
+                                checkpoint_every=1000),
+        replay=ReplayConfig(item_format="history_window"),
+        pipeline="in_context",
+        incontext=InContextConfig(),
+    )
+
+
 def locomotion_cpu_preset(robot: str) -> RunConfig:
     """`<robot>-random-cpu`: the D4RL random task at a size 2 CPU cores finish in under
     45 minutes. A recorded uniform-random dataset, the reference online-dt's small
@@ -409,7 +501,8 @@ def locomotion_cpu_preset(robot: str) -> RunConfig:
     )
 
 
-PRESETS = {"quickstart": quickstart, "cartpole": cartpole, "pong": pong}
+PRESETS = {"quickstart": quickstart, "cartpole": cartpole, "pong": pong,
+           "ad-darkroom": ad_darkroom}
 for _robot in ("hopper", "halfcheetah", "walker2d"):
     PRESETS[f"{_robot}-random-cpu"] = (lambda r=_robot: locomotion_cpu_preset(r))
 for _robot in _D4RL_ROBOTS:

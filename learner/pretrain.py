@@ -44,33 +44,51 @@ def pretrain(cfg, dataset: OfflineDataset, logdir: str | Path, *, action_box: Ac
     `evaluate_fn(model, cfg) -> EvalResult` runs the periodic evaluation
     (`launch.pipeline.pretrain` wires the environment's box and envpool evaluation).
     """
-    role_dir = Path(logdir) / "pretrain"
-    device = resolve_device(cfg.device)
-    torch.manual_seed(cfg.seed)
     steps = flatten_episodes(dataset.episodes, action_box)
     sampler = item_format(cfg.replay.item_format).offline_sampler(
         steps, cfg.model.context_len, cfg.optim.batch_size, seed=cfg.seed)
+    statistics = None if cfg.model.frame_shape else state_statistics(dataset.episodes)
+    return train_offline(
+        cfg, sampler, Path(logdir) / "pretrain", evaluate_fn=evaluate_fn,
+        statistics=statistics, source=dataset.source, progress=progress,
+        dataset_scalars={"dataset/episodes": len(dataset.episodes),
+                         "dataset/steps": dataset.num_steps,
+                         "dataset/mean_return": float(dataset.returns.mean())})
+
+
+def train_offline(cfg, sampler, role_dir: str | Path, *, evaluate_fn: Callable | None,
+                  statistics=None, source: str | None = None,
+                  dataset_scalars: dict[str, float] | None = None,
+                  progress: bool = False, desc: str = "pretraining") -> PretrainResult:
+    """`cfg.pretrain.updates` learner updates on `sampler.sample()` batches, with the
+    TensorBoard events and `checkpoint.pt` in `role_dir`.
+
+    `statistics` ((mean, std) of the observations, or None) normalizes the
+    model's inputs; `evaluate_fn(model, cfg) -> EvalResult` (or None: no evaluation)
+    runs every `cfg.pretrain.eval_every` updates and at the end; `source` names the
+    data in the checkpoint. Host syncs: one per log interval (the metrics) and the
+    evaluations."""
+    role_dir = Path(role_dir)
+    device = resolve_device(cfg.device)
+    torch.manual_seed(cfg.seed)
     learner = Learner(cfg.model, cfg.objective, replace(cfg.optim, seed=cfg.seed), device,
                       cfg.compute)
-    if not cfg.model.frame_shape:  # frames are scaled to [0, 1] in the model instead
-        learner.set_state_normalization(*state_statistics(dataset.episodes))
+    if statistics is not None:  # frames are scaled to [0, 1] in the model instead
+        learner.set_state_normalization(*statistics)
 
     writer = SummaryWriter(role_dir)
     writer.text("config", markdown_table({**flatten(cfg),
                                           "compute.in_effect": learner.compute_path}), step=0)
-    writer.scalars({
-        "dataset/episodes": len(dataset.episodes),
-        "dataset/steps": dataset.num_steps,
-        "dataset/mean_return": float(dataset.returns.mean()),
-    }, step=0)
+    if dataset_scalars:
+        writer.scalars(dataset_scalars, step=0)
     checkpoint = role_dir / "checkpoint.pt"
-    extra = {"run_config": cfg.to_dict(), "dataset": dataset.source}
+    extra = {"run_config": cfg.to_dict(), "dataset": source}
 
     bar = None
     if progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=cfg.pretrain.updates, desc="pretraining", unit="upd")
+        bar = tqdm(total=cfg.pretrain.updates, desc=desc, unit="upd")
     metrics: dict[str, float] = {}
     last_eval = None
     start = window_start = time.perf_counter()
@@ -91,7 +109,8 @@ def pretrain(cfg, dataset: OfflineDataset, logdir: str | Path, *, action_box: Ac
             if bar is not None:
                 bar.set_postfix(loss=f"{metrics.get('loss/total', float('nan')):.3f}")
         every = cfg.pretrain.eval_every
-        if (every and update % every == 0) or update == cfg.pretrain.updates:
+        if evaluate_fn is not None and ((every and update % every == 0)
+                                        or update == cfg.pretrain.updates):
             last_eval = evaluate_fn(learner.model, cfg)
             scores = {"eval/return": last_eval.mean_return}
             if last_eval.normalized_score is not None:

@@ -193,10 +193,12 @@ class InContextPolicy:
 
     @torch.inference_mode()
     def act(self, observations, greedy: bool = False,
-            generator: torch.Generator | None = None):
+            generator: torch.Generator | None = None, active=None):
         """Append each env's new observation (with its previous action and reward) to its
         context and return the model's action there, (N,) int64: the most likely one if
-        `greedy`, else a sample drawn with `generator`."""
+        `greedy`, else a sample drawn with `generator`. `active` ((N,) bool, default all)
+        names the envs that act: the others' contexts stay as they are and their actions
+        are meaningless (an env whose next step is an auto-reset, say)."""
         if self.awaiting_record:
             raise RuntimeError("InContextPolicy.act called twice without record(): "
                                "record the actions and rewards of the previous step first")
@@ -204,12 +206,16 @@ class InContextPolicy:
             self.model.eval()
         obs = torch.as_tensor(observations, dtype=torch.float32, device=self.device)
         obs = obs.reshape(self.num_envs, -1)  # (N, S)
+        if active is None:
+            rows = slice(None)
+        else:
+            rows = torch.as_tensor(active, dtype=torch.bool, device=self.device)
         for buffer in (self.observations, self.prev_actions, self.prev_rewards, self.mask):
-            buffer.copy_(buffer.roll(-1, dims=1))
-        self.observations[:, -1] = obs
-        self.prev_actions[:, -1] = self.last_action
-        self.prev_rewards[:, -1] = self.last_reward
-        self.mask[:, -1] = 1.0
+            buffer[rows] = buffer[rows].roll(-1, dims=1)
+        self.observations[rows, -1] = obs[rows]
+        self.prev_actions[rows, -1] = self.last_action[rows]
+        self.prev_rewards[rows, -1] = self.last_reward[rows]
+        self.mask[rows, -1] = 1.0
         logits = self.model(self.observations, self.prev_actions, self.prev_rewards,
                             self.mask).logits[:, -1].float()  # (N, act_dim)
         if greedy:
@@ -219,12 +225,19 @@ class InContextPolicy:
         self.awaiting_record = True
         return actions.cpu().numpy()
 
-    def record(self, actions, rewards) -> None:
+    def record(self, actions, rewards, active=None) -> None:
         """The actions taken and rewards received at the step just acted on: the previous
-        action and reward of each env's next token."""
+        action and reward of each env's next token. `active` ((N,) bool, default all)
+        names the envs whose step was a transition; the others keep theirs."""
         if not self.awaiting_record:
             raise RuntimeError("InContextPolicy.record called without a preceding act()")
-        self.last_action.copy_(torch.as_tensor(actions, device=self.device).long().reshape(-1))
-        self.last_reward.copy_(
-            torch.as_tensor(rewards, dtype=torch.float32, device=self.device).reshape(-1))
+        actions = torch.as_tensor(actions, device=self.device).long().reshape(-1)
+        rewards = torch.as_tensor(rewards, dtype=torch.float32, device=self.device).reshape(-1)
+        if active is None:
+            self.last_action.copy_(actions)
+            self.last_reward.copy_(rewards)
+        else:
+            rows = torch.as_tensor(active, dtype=torch.bool, device=self.device)
+            self.last_action[rows] = actions[rows]
+            self.last_reward[rows] = rewards[rows]
         self.awaiting_record = False
