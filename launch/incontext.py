@@ -170,12 +170,14 @@ def run_in_context(cfg, run_dir: Path) -> InContextResult:
           f"{sum(h.num_episodes for h in histories)} episodes", flush=True)
 
     training = {}
+    watch = in_context_eval(cfg, held_out)
     start = time.perf_counter()
-    training["AD"] = train(cfg, histories, run_dir / "ad", desc="AD")
+    training["AD"] = train(cfg, histories, run_dir / "ad", desc="AD", evaluate_fn=watch)
     seconds["AD training"] = time.perf_counter() - start
     start = time.perf_counter()
     experts = [last_episodes(h, ic.expert_episodes) for h in histories]
-    training["ED"] = train(cfg, experts, run_dir / "ed", seed_offset=1, desc="ED")
+    training["ED"] = train(cfg, experts, run_dir / "ed", seed_offset=1, desc="ED",
+                           evaluate_fn=watch)
     seconds["ED training"] = time.perf_counter() - start
 
     start = time.perf_counter()
@@ -200,6 +202,28 @@ def run_in_context(cfg, run_dir: Path) -> InContextResult:
                              random_return=random_return, seconds=seconds, training=training)
     (run_dir / "incontext.json").write_text(json.dumps(summary(result), indent=1))
     return result
+
+
+def in_context_eval(cfg, tasks: np.ndarray):
+    """The evaluation training runs every `pretrain.eval_every` updates: the model in
+    context on `tasks` for `incontext.eval_episodes` episodes; its `eval/return` is the
+    mean over episodes 30-40 (the last 10 when fewer). The model's train/eval mode is
+    restored afterwards."""
+    from actors.evaluate import EvalResult
+
+    def evaluate(model, cfg_=None) -> EvalResult:
+        del cfg_
+        training = model.training
+        try:
+            returns = in_context_returns(model, cfg.env.env_id, tasks,
+                                         cfg.incontext.eval_episodes, cfg.eval.seed)
+        finally:
+            model.train(training)
+        curve = returns.mean(0)
+        late = curve[LATE] if len(curve) >= LATE.stop else curve[-10:]
+        return EvalResult(returns=np.asarray(late), lengths=np.zeros(len(late)))
+
+    return evaluate
 
 
 def log_in_context(role_dir: Path, returns: np.ndarray, tasks: np.ndarray) -> None:
