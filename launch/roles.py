@@ -188,6 +188,7 @@ def _batches_until(address, spec, batch_size, stop):
 
 def learner_role(cfg, paths: RunPaths, address: str, spec: ReplaySpec, stop) -> None:
     """Fine-tune from `paths.checkpoint` on windows from the experience table until `stop`.
+    On a CPU device the process runs `cfg.compute.learner_cpu_threads` intra-op threads.
 
     Data-parallel on G GPUs of one node, one process per GPU:
 
@@ -223,6 +224,8 @@ def learner_role(cfg, paths: RunPaths, address: str, spec: ReplaySpec, stop) -> 
     from learner.tensorboard import NullWriter, flatten
 
     device = resolve_device(cfg.device)
+    if device.type == "cpu":
+        torch.set_num_threads(cfg.compute.learner_cpu_threads(cfg.actor.num_actors))
     rank, world_size = distributed.init_from_env(device)
     device = distributed.local_device(device)
     torch.manual_seed(cfg.seed)
@@ -244,7 +247,7 @@ def learner_role(cfg, paths: RunPaths, address: str, spec: ReplaySpec, stop) -> 
             "distributed.updates_per_env_step":
                 spec.samples_per_insert / (world_size * cfg.optim.batch_size),
         })
-    table["compute.in_effect"] = learner.compute_path
+    table["compute.in_effect"] = f"{learner.compute_path}, {torch.get_num_threads()} threads"
     writer.text("config", markdown_table(table), step=learner.step)
 
     last_counts = {"env_steps": 0}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -132,6 +133,18 @@ class ComputeConfig:
     fused_optimizers: str = "auto"
     """'on': single-kernel (fused) Adam/AdamW for the critic and temperature, and LAMB's
     multi-tensor (foreach) step; 'off': per-tensor steps."""
+    cpu_threads: int = 0
+    """Intra-op threads of a fine-tuning learner on a CPU device; 0: the host's cores
+    less one per actor process of the run, at least 1 (`learner_cpu_threads`)."""
+
+    def learner_cpu_threads(self, num_actors: int, cores: int | None = None) -> int:
+        """Threads a CPU learner runs with beside `num_actors` actor processes on a host of
+        `cores` cores (default: this one's). torch's thread pool waits by spinning, so a
+        learner with a thread on every core, sharing them with busy actors, ran its updates
+        several times slower than with the cores left to it (DESIGN.md, "Performance")."""
+        if self.cpu_threads > 0:
+            return self.cpu_threads
+        return max(1, (cores or os.cpu_count() or 1) - num_actors)
 
     def validate(self) -> list[str]:
         problems = []
@@ -141,6 +154,8 @@ class ComputeConfig:
             value = getattr(self, name)
             if value not in SWITCHES:
                 problems.append(f"compute.{name}={value!r} must be one of {SWITCHES}")
+        if self.cpu_threads < 0:
+            problems.append(f"compute.cpu_threads={self.cpu_threads} must be >= 0 (0: auto)")
         return problems
 
     def resolve(self, device: torch.device, width: int | None = None,

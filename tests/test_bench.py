@@ -152,3 +152,15 @@ def test_the_learner_reports_the_compute_path_in_effect():
     learner = Learner(MODEL, ObjectiveConfig(kind="odt"), OptimConfig(batch_size=4), "cpu",
                       EAGER_FP32)
     assert learner.compute_path == "fp32, eager, per-tensor optimizers"
+
+
+def test_a_cpu_learner_leaves_a_core_to_each_actor_process():
+    from learner.config import ComputeConfig
+
+    auto = ComputeConfig()
+    assert auto.learner_cpu_threads(num_actors=1, cores=2) == 1
+    assert auto.learner_cpu_threads(num_actors=2, cores=16) == 14
+    assert auto.learner_cpu_threads(num_actors=8, cores=4) == 1
+    assert ComputeConfig(cpu_threads=3).learner_cpu_threads(num_actors=1, cores=2) == 3
+    assert ComputeConfig(cpu_threads=-1).validate() == [
+        "compute.cpu_threads=-1 must be >= 0 (0: auto)"]
