@@ -306,6 +306,33 @@ def bandit_scores(seed: int, updates: int = 400) -> dict[str, float]:
             "greedy": float(np.concatenate(greedy).mean())}
 
 
+def test_in_context_policy_leaves_inactive_envs_contexts_as_they_are():
+    """An env that does not act (its step is an auto-reset) gets no token and keeps its
+    previous action and reward; the others go on as if it were not there."""
+    torch.manual_seed(2)
+    model = build_model(MODEL, head="categorical")
+    both = InContextPolicy(model, num_envs=2, context_len=T)
+    alone = InContextPolicy(model, num_envs=1, context_len=T)
+    rng = np.random.default_rng(0)
+    for t in range(5):
+        o = rng.normal(size=(2, S)).astype(np.float32)
+        paused = t in (1, 2)  # env 1 sits out two steps
+        active = np.array([True, not paused])
+        a = both.act(o, greedy=True, active=active)
+        if not paused:
+            b = alone.act(o[1:], greedy=True)
+            assert a[1] == b[0]
+        r = np.array([1.0, 0.5 * t], np.float32)
+        both.record(np.array([t % A, (t + 1) % A]), r,
+                    active=np.array([True, not paused]))
+        if not paused:
+            alone.record(np.array([(t + 1) % A]), r[1:])
+    assert both.mask[1].sum() == 3 and both.mask[0].sum() == 5
+    torch.testing.assert_close(both.observations[1], alone.observations[0])
+    torch.testing.assert_close(both.prev_actions[1], alone.prev_actions[0])
+    torch.testing.assert_close(both.prev_rewards[1], alone.prev_rewards[0])
+
+
 def test_ad_learns_to_find_and_keep_a_bandit_arm_in_context():
     """The arm that pays is fixed per history and seen only through the context (the
     observation never changes): the model must find the step where it paid.
