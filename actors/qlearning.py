@@ -60,12 +60,17 @@ class QLearningConfig:
     decay_fraction: float = 0.8
     """Share of the history's episodes over which epsilon falls linearly from
     epsilon_start to epsilon_end."""
+    initial_value: float = 0.0
+    """Q value of every state and action before any update; above the rewards'
+    discounted scale it is optimism that draws the greedy policy to untried actions."""
 
     def __post_init__(self) -> None:
         for name in ("learning_rate", "decay_fraction"):
             value = getattr(self, name)
             if not 0.0 < value <= 1.0:
                 raise ValueError(f"{name}={value!r} must lie in (0, 1]")
+        if not np.isfinite(self.initial_value):
+            raise ValueError(f"initial_value={self.initial_value!r} must be finite")
         for name in ("discount", "epsilon_start", "epsilon_end"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
@@ -80,12 +85,12 @@ class QLearningConfig:
 
 class QLearning:
     """One Q table per environment, (num_envs, num_states, num_actions) float64 from
-    zeros, and the count of updates each has made."""
+    `config.initial_value`, and the count of updates each has made."""
 
     def __init__(self, num_envs: int, num_states: int, num_actions: int,
                  config: QLearningConfig, seed: int):
         self.config = config
-        self.q = np.zeros((num_envs, num_states, num_actions))
+        self.q = np.full((num_envs, num_states, num_actions), float(config.initial_value))
         self.updates = np.zeros(num_envs, np.int64)
         self._rng = np.random.default_rng(seed)
 
