@@ -464,7 +464,7 @@ def ad_darkroom() -> RunConfig:
                           n_head=4, ffn_dim=256, dropout=0.1),
         objective=ObjectiveConfig(kind="ad"),
         optim=OptimConfig(lr=1e-3, weight_decay=1e-4, warmup_steps=500, batch_size=32),
-        pretrain=PretrainConfig(updates=4000, log_every=100, eval_every=1000,
+        pretrain=PretrainConfig(updates=6000, log_every=100, eval_every=1000,
                                 checkpoint_every=1000),
         replay=ReplayConfig(item_format="history_window"),
         pipeline="in_context",
