@@ -153,8 +153,9 @@ def run_in_context(cfg, run_dir: Path) -> InContextResult:
     ic, seconds = cfg.incontext, {}
     spec = env_spec(cfg.env.env_id)
     train_tasks, held_out = task_split(cfg)
+    shown = " ".join(map(str, held_out[:16].tolist())) + (" ..." if len(held_out) > 16 else "")
     print(f"in-context pipeline: {cfg.env.env_id}, {len(train_tasks)} training tasks, "
-          f"{len(held_out)} held out: {held_out.tolist()}", flush=True)
+          f"{len(held_out)} held out: {shown}", flush=True)
 
     start = time.perf_counter()
     full = source_histories(cfg, train_tasks, cfg.seed)

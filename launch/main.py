@@ -74,6 +74,12 @@ def saved_pipeline(run_dir: Path) -> str:
     return json.loads(config.read_text()).get("pipeline", "offline_online")
 
 
+def task_list(tasks, shown: int = 16) -> str:
+    """'n: a b c ...' with at most `shown` task indices written out."""
+    ids = " ".join(map(str, tasks[:shown].tolist()))
+    return f"{len(tasks)}: {ids}" + (" ..." if len(tasks) > shown else "")
+
+
 def _in_context(cfg, start: float) -> None:
     """The in-context pipeline (`launch.incontext`): histories, AD and ED, evaluation."""
     from launch.incontext import run_in_context, summary
@@ -86,7 +92,7 @@ def _in_context(cfg, start: float) -> None:
     result = run_in_context(cfg, run_dir)
     figures = summary(result)
     rows = [("preset", cfg.name), ("environment", cfg.env.env_id),
-            ("held-out tasks", " ".join(map(str, result.held_out.tolist()))),
+            ("held-out tasks", task_list(result.held_out)),
             ("optimal return", f"{figures['optimal_return']:.2f} (mean over held-out tasks)"),
             ("random policy return", f"{figures['random_return']:.2f}")]
     for name in result.returns:
