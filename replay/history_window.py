@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from replay.formats import ItemFormat
+from replay.offline import OfflineSampler
 
 HISTORY_FIELDS = ("observations", "actions", "rewards", "episode_start", "episode_index")
 """The arrays of one history's step dict, each with one row per step in time order."""
@@ -144,10 +145,12 @@ def gather_history_windows(steps: HistorySteps, ends: np.ndarray,
     return out
 
 
-class HistorySampler:
+class HistorySampler(OfflineSampler):
     """Uniform windows over all steps of `steps`: each step ends a window equally often,
     so every history is drawn in proportion to its length and its early steps are
     trained (left-padded) as often as the later ones."""
+
+    gather = staticmethod(gather_history_windows)
 
     def __init__(self, steps: HistorySteps, context_len: int, batch_size: int, seed: int = 0):
         if not isinstance(steps, HistorySteps):
@@ -156,14 +159,7 @@ class HistorySampler:
                             f"{type(steps).__name__}")
         if context_len < 1 or batch_size < 1:
             raise ValueError(f"{context_len=} and {batch_size=} must be >= 1")
-        self.steps = steps
-        self.context_len = context_len
-        self.batch_size = batch_size
-        self.rng = np.random.default_rng(seed)
-
-    def sample(self) -> dict[str, np.ndarray]:
-        ends = self.rng.integers(0, len(self.steps), size=self.batch_size)
-        return gather_history_windows(self.steps, ends, self.context_len)
+        super().__init__(steps, context_len, batch_size, seed)
 
 
 class HistoryWindows(ItemFormat):

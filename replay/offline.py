@@ -50,7 +50,10 @@ def top_episodes(episodes: Sequence[Episode], n: int) -> list[Episode]:
 
 
 class OfflineSampler:
-    """Uniform windows over all steps: trajectories drawn in proportion to length."""
+    """Uniform windows over all steps: trajectories drawn in proportion to length. A
+    window ending at each drawn step is cut by `gather(steps, ends, context_len)`."""
+
+    gather = staticmethod(gather_windows)
 
     def __init__(self, steps: FlatSteps, context_len: int, batch_size: int, seed: int = 0):
         if len(steps) == 0:
@@ -62,4 +65,4 @@ class OfflineSampler:
 
     def sample(self) -> dict[str, np.ndarray]:
         ends = self.rng.integers(0, len(self.steps), size=self.batch_size)
-        return gather_windows(self.steps, ends, self.context_len)
+        return self.gather(self.steps, ends, self.context_len)
