@@ -19,8 +19,9 @@ class ObjectiveConfig:
     kind: str = "odt"
     """The objective's registry key (`learner.objectives`): 'odt' (max-entropy sequence
     NLL), 'odt_td3' (supervised + TD3 critic gradient), 'rcbc' (return-conditioned
-    behaviour cloning, MSE) or 'ad' (Algorithm Distillation's action cross-entropy on
-    learning histories, offline only)."""
+    behaviour cloning, MSE), 'ad' (Algorithm Distillation's action cross-entropy on
+    learning histories, offline only) or 'mgdt' (the Multi-Game Decision Transformer's
+    action, return and reward cross-entropies)."""
 
     # ODT (Zheng et al. 2022, Sec. 4).
     init_temperature: float = 0.1

@@ -1,6 +1,7 @@
 """Networks only: the Decision Transformer, its heads and the TD3 critic, the Algorithm
-Distillation transformer and its in-context policy, and the registry that builds a model
-from its config's key. Imports torch alone."""
+Distillation transformer and its in-context policy, the Multi-Game Decision Transformer
+and its acting policy, and the registry that builds a model from its config's key.
+Imports torch alone."""
 
 from models.ad_transformer import ADTransformer, InContextPolicy
 from models.critic import CriticConfig, TwinQ
@@ -14,6 +15,7 @@ from models.decision_transformer import (
     ModelConfig,
 )
 from models.heads import Categorical, DeterministicAction, SquashedGaussian
+from models.mgdt import MultiGameDecisionTransformer, MultiGamePolicy, ReturnBuckets
 from models.registry import MODELS, build_model, register_model
 
 __all__ = [
@@ -30,6 +32,9 @@ __all__ = [
     "FrameEncoder",
     "InContextPolicy",
     "ModelConfig",
+    "MultiGameDecisionTransformer",
+    "MultiGamePolicy",
+    "ReturnBuckets",
     "SquashedGaussian",
     "TwinQ",
     "build_model",

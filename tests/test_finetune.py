@@ -33,7 +33,9 @@ from learner.tensorboard import read_scalars
 from models import ModelConfig
 from replay.datasets import load_dataset
 
-ONLINE_OBJECTIVES = [kind for kind in OBJECTIVES if get_objective(kind).online]
+ONLINE_OBJECTIVES = [kind for kind in OBJECTIVES if get_objective(kind).online
+                     and "decision_transformer" in get_objective(kind).model_kinds]
+"""The objectives a Decision Transformer fine-tunes with (the runs here use one)."""
 
 
 def role_processes(parent: psutil.Process) -> list[psutil.Process]:

@@ -295,7 +295,7 @@ def test_every_registered_objective_builds_a_learner_with_its_head():
         get_objective("nope")
     with pytest.raises(ValueError, match="objective.kind='ad' trains discrete actions"):
         make_learner("ad")  # its model check: tests/test_ad_model.py
-    assert "objective.kind='nope' must be one of ('odt', 'odt_td3', 'rcbc', 'ad')" in \
+    assert "objective.kind='nope' must be one of ('odt', 'odt_td3', 'rcbc', 'ad', 'mgdt')" in \
         ObjectiveConfig(kind="nope").validate()
 
 

@@ -23,6 +23,7 @@ OBJECTIVES: dict[str, str] = {
     "odt_td3": "learner.objectives.odt_td3:ODTTD3",
     "rcbc": "learner.objectives.rcbc:ReturnConditionedBC",
     "ad": "learner.objectives.ad:AlgorithmDistillation",
+    "mgdt": "learner.objectives.mgdt:MultiGameDT",
 }
 """Registry key -> "module:class" of its `learner.objectives.base.Objective` subclass."""
 
