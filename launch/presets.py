@@ -29,6 +29,12 @@ class EnvConfig:
     """envpool task id, e.g. Hopper-v4."""
     task_id: str | None = None
     """D4RL task id whose reference scores normalize evaluation returns, if any."""
+    options: dict = field(default_factory=dict)
+    """envpool task options by name, passed to `envpool.make_gymnasium` (checked by
+    `actors.envs.check_options`); empty keeps envpool's defaults. The Multi-Game
+    Decision Transformer's Atari takes `actors.envs.MGDT_OPTIONS`: `stack_num=1` (one
+    (1, 84, 84) frame per step) and `full_action_space=True` (Discrete(18) in every
+    game). onramp's own task families (Dark Room) take none."""
 
 
 @dataclass(frozen=True)
@@ -460,11 +466,11 @@ def ad_darkroom() -> RunConfig:
         name="ad-darkroom",
         env=EnvConfig(env_id="DarkRoom-v0"),
         model=ModelConfig(kind="algorithm_distillation", state_dim=2, act_dim=5,
-                          action_kind="discrete", context_len=60, embed_dim=64, n_layer=3,
+                          action_kind="discrete", context_len=100, embed_dim=64, n_layer=3,
                           n_head=4, ffn_dim=256, dropout=0.1),
         objective=ObjectiveConfig(kind="ad"),
         optim=OptimConfig(lr=1e-3, weight_decay=1e-4, warmup_steps=500, batch_size=32),
-        pretrain=PretrainConfig(updates=6000, log_every=100, eval_every=1000,
+        pretrain=PretrainConfig(updates=4000, log_every=100, eval_every=1000,
                                 checkpoint_every=1000),
         replay=ReplayConfig(item_format="history_window"),
         pipeline="in_context",
