@@ -16,13 +16,23 @@ Task families onramp implements itself (`LOCAL_ENVS`: Dark Room and Dark
 Key-to-Door, `actors.darkroom`) are built by id in place of an envpool task, with a
 task index per environment (`VectorEnv(..., tasks=)`), and driven through the same
 calls.
+
+envpool's own task options (`env_spec(..., options=)`, `VectorEnv(..., options=)`,
+`launch.presets.EnvConfig.options`) are passed to `envpool.make_gymnasium` by name,
+e.g. `MGDT_OPTIONS` for the Multi-Game Decision Transformer's Atari: single 84x84
+grayscale frames per step (`stack_num=1`, observation (1, 84, 84) uint8) and the full
+18-action set for every game (`full_action_space=True`, Discrete(18)). `check_options`
+refuses a name the task does not have, one that `VectorEnv` sets itself, and a value
+of the wrong type.
 """
 
 from __future__ import annotations
 
 import contextlib
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 
 import numpy as np
 
@@ -40,8 +50,108 @@ LOCAL_ENV_VERSION = "onramp"
 """`EnvSpec.envpool_version` of a `LOCAL_ENVS` family."""
 
 
+MGDT_OPTIONS: Mapping = MappingProxyType({"stack_num": 1, "full_action_space": True})
+"""envpool options of the Multi-Game Decision Transformer's Atari games (Lee et al.
+2022): one 84x84 grayscale frame per step, (1, 84, 84) uint8, the model's context of T
+steps giving the temporal view instead of a frame stack; and the full 18-action set,
+so one action head serves every game. Every other Atari option keeps envpool's
+default (frame skip 4, up to 30 no-op starts, raw rewards, no sticky actions,
+108,000-frame episodes)."""
+
+RESERVED_OPTIONS = ("num_envs", "batch_size", "seed", "max_num_players",
+                    "gym_reset_return_info")
+"""envpool config fields `VectorEnv` sets or relies on itself; refused as options."""
+
+_MIN_OPTION_VALUES = {"stack_num": 1, "frame_skip": 1, "img_height": 1, "img_width": 1,
+                      "max_episode_steps": 1}
+"""Lower bounds of integer options envpool does not check (Atari with `stack_num=0`
+builds a (0, 84, 84) space and crashes at reset)."""
+
+
 class EnvError(ValueError):
     """An environment id envpool does not know, or an unsupported space."""
+
+
+def check_options(env_id: str, options: Mapping | None) -> dict:
+    """`options` as a plain dict of envpool task options for `env_id` ({} for None).
+
+    ValueError names the option and the problem: options for a `LOCAL_ENVS` family
+    (which take none), a name that is not a string, one of `RESERVED_OPTIONS`, one
+    that is not a field of envpool's config for `env_id` (the message lists those), a
+    value whose type differs from the field's default (a bool for a bool, an int for an
+    int, a number for a float, a string for a string), an integer below the bound
+    envpool needs (`stack_num`, `frame_skip`, ... >= 1), or anything else envpool's
+    `make_spec` refuses (its error's first line). An id envpool does not know is an
+    `EnvError`.
+    """
+    if options is None:
+        return {}
+    if not isinstance(options, Mapping):
+        raise ValueError(  # noqa: TRY004 - onramp refuses bad input with a ValueError
+            f"options={options!r} for env_id={env_id!r} must be a mapping of envpool option "
+            "names to values")
+    options = dict(options)
+    if not options:
+        return {}
+    if env_id in LOCAL_ENVS:
+        raise ValueError(f"options={options!r}: env_id={env_id!r} is one of onramp's own "
+                         "task families, which take no envpool options")
+    names = [name for name in options if not isinstance(name, str)]
+    if names:
+        raise ValueError(f"options for env_id={env_id!r}: option name {names[0]!r} must be "
+                         "a string")
+    reserved = [name for name in options if name in RESERVED_OPTIONS]
+    if reserved:
+        raise ValueError(f"options for env_id={env_id!r}: {reserved[0]!r} is set by "
+                         f"VectorEnv itself, not as an option ({', '.join(RESERVED_OPTIONS)})")
+    import envpool
+
+    if env_id not in envpool.list_all_envs():
+        raise EnvError(f"env_id={env_id!r} is not an envpool task (see envpool.list_all_envs())")
+    defaults = envpool.make_spec(env_id).config._asdict()
+    unknown = [name for name in options if name not in defaults]
+    if unknown:
+        known = [name for name in defaults if name not in RESERVED_OPTIONS]
+        raise ValueError(f"options for env_id={env_id!r}: {unknown[0]!r} is not an envpool "
+                         f"option of this task; its options: {', '.join(known)}")
+    for name, value in options.items():
+        problem = _option_type_problem(defaults[name], value)
+        if problem:
+            raise ValueError(f"options for env_id={env_id!r}: {name}={value!r} must be "
+                             f"{problem}, like its default {defaults[name]!r}")
+        low = _MIN_OPTION_VALUES.get(name)
+        if low is not None and value < low:
+            raise ValueError(f"options for env_id={env_id!r}: {name}={value!r} must be "
+                             f">= {low}")
+    try:
+        envpool.make_spec(env_id, **options)
+    except (TypeError, ValueError, RuntimeError) as error:
+        raise ValueError(f"options={options!r} for env_id={env_id!r}: envpool refused them "
+                         f"({_first_line(error)})") from error
+    return options
+
+
+def _first_line(error: BaseException) -> str:
+    """The first line of an error's message (pybind11's list every signature below it)."""
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0] if lines else ''}"
+
+
+def _option_type_problem(default, value) -> str | None:
+    """What `value` must be to stand for an option whose default is `default`, or None
+    when it fits (options whose default is not a bool, number or string are not checked)."""
+    if isinstance(default, bool):
+        return None if isinstance(value, (bool, np.bool_)) else "a bool"
+    if isinstance(default, int):
+        fits = isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+        return None if fits else "an int"
+    if isinstance(default, float):
+        fits = isinstance(value, (int, float, np.integer, np.floating)) \
+            and not isinstance(value, (bool, np.bool_))
+        return None if fits else "a number"
+    if isinstance(default, str):
+        return None if isinstance(value, str) else "a string"
+    return None
 
 
 @dataclass(frozen=True)
@@ -108,7 +218,9 @@ class EnvSpec:
 
 
 def _make(env_id: str, num_envs: int, seed: int, batch_size: int | None = None,
-          tasks: np.ndarray | None = None):
+          tasks: np.ndarray | None = None, options: dict | None = None):
+    """The envpool (or `LOCAL_ENVS`) batch; `options` were checked by `check_options`."""
+    options = options or {}
     family = LOCAL_ENVS.get(env_id)
     if family is not None:
         if tasks is None:
@@ -123,8 +235,14 @@ def _make(env_id: str, num_envs: int, seed: int, batch_size: int | None = None,
     if env_id not in envpool.list_all_envs():
         raise EnvError(f"env_id={env_id!r} is not an envpool task (see envpool.list_all_envs())")
     with _float32_bounds_accepted():
-        env = envpool.make_gymnasium(env_id, num_envs=num_envs, seed=seed,
-                                     batch_size=batch_size or num_envs)
+        try:
+            env = envpool.make_gymnasium(env_id, num_envs=num_envs, seed=seed,
+                                         batch_size=batch_size or num_envs, **options)
+        except (TypeError, ValueError, RuntimeError) as error:
+            if not options:
+                raise
+            raise ValueError(f"options={options!r} for env_id={env_id!r}: envpool refused "
+                             f"them ({_first_line(error)})") from error
         _ = env.observation_space, env.action_space  # built once, here, and kept by envpool
         return env
 
@@ -139,9 +257,10 @@ def _float32_bounds_accepted():
         yield
 
 
-def env_spec(env_id: str) -> EnvSpec:
-    """Spaces and limits of `env_id`, read from a one-env envpool instance, or from the
-    class of a `LOCAL_ENVS` family."""
+def env_spec(env_id: str, options: Mapping | None = None) -> EnvSpec:
+    """Spaces and limits of `env_id` built with envpool `options` (`check_options`),
+    read from a one-env envpool instance, or from the class of a `LOCAL_ENVS` family."""
+    options = check_options(env_id, options)
     family = LOCAL_ENVS.get(env_id)
     if family is not None:
         n = int(family.num_actions)
@@ -150,37 +269,42 @@ def env_spec(env_id: str) -> EnvSpec:
                        action_high=np.full((), n - 1, np.float32),
                        max_episode_steps=int(family.max_episode_steps),
                        envpool_version=LOCAL_ENV_VERSION, num_actions=n)
-    import envpool
-
-    env = _make(env_id, 1, 0)
+    env = _make(env_id, 1, 0, options=options)
     try:
-        obs, act = env.observation_space, env.action_space
-        if not hasattr(obs, "low") or obs.dtype is None:
-            raise EnvError(f"env_id={env_id!r} has observation space {obs}; onramp needs a Box")
-        obs_dtype = "uint8" if np.dtype(obs.dtype) == np.uint8 else "float32"
-        if hasattr(act, "n"):
-            n = int(act.n)
-            low, high, shape = np.zeros((), np.float32), np.full((), n - 1, np.float32), ()
-        elif hasattr(act, "low"):
-            n = 0
-            low, high = np.asarray(act.low, np.float32), np.asarray(act.high, np.float32)
-            shape = tuple(act.shape)
-        else:
-            raise EnvError(f"env_id={env_id!r} has action space {act}; onramp needs a Box or "
-                           "a Discrete")
-        return EnvSpec(
-            env_id=env_id,
-            observation_shape=tuple(obs.shape),
-            action_shape=shape,
-            action_low=low,
-            action_high=high,
-            max_episode_steps=int(env.spec.config.max_episode_steps),
-            envpool_version=envpool.__version__,
-            observation_dtype=obs_dtype,
-            num_actions=n,
-        )
+        return _envpool_spec(env_id, env)
     finally:
         env.close()
+
+
+def _envpool_spec(env_id: str, env) -> EnvSpec:
+    """The spec of `env_id` read from `env`, an envpool instance of it."""
+    import envpool
+
+    obs, act = env.observation_space, env.action_space
+    if not hasattr(obs, "low") or obs.dtype is None:
+        raise EnvError(f"env_id={env_id!r} has observation space {obs}; onramp needs a Box")
+    obs_dtype = "uint8" if np.dtype(obs.dtype) == np.uint8 else "float32"
+    if hasattr(act, "n"):
+        n = int(act.n)
+        low, high, shape = np.zeros((), np.float32), np.full((), n - 1, np.float32), ()
+    elif hasattr(act, "low"):
+        n = 0
+        low, high = np.asarray(act.low, np.float32), np.asarray(act.high, np.float32)
+        shape = tuple(act.shape)
+    else:
+        raise EnvError(f"env_id={env_id!r} has action space {act}; onramp needs a Box or "
+                       "a Discrete")
+    return EnvSpec(
+        env_id=env_id,
+        observation_shape=tuple(obs.shape),
+        action_shape=shape,
+        action_low=low,
+        action_high=high,
+        max_episode_steps=int(env.spec.config.max_episode_steps),
+        envpool_version=envpool.__version__,
+        observation_dtype=obs_dtype,
+        num_actions=n,
+    )
 
 
 @dataclass
@@ -224,17 +348,28 @@ class VectorEnv:
     `tasks` ((num_envs,) task indices) fixes each environment of a `LOCAL_ENVS` family
     to its task, and is refused for an envpool id. Those families are deterministic
     and do not read `seed`.
+
+    `options` are envpool task options (`check_options`), e.g. `MGDT_OPTIONS`; `spec`
+    describes the spaces they give. A `LOCAL_ENVS` family takes none.
     """
 
     def __init__(self, env_id: str, num_envs: int, seed: int, batch_size: int | None = None,
-                 tasks: np.ndarray | None = None):
+                 tasks: np.ndarray | None = None, options: Mapping | None = None):
         batch_size = batch_size or num_envs
         if not 1 <= batch_size <= num_envs:
             raise ValueError(f"{batch_size=} must lie in [1, num_envs={num_envs}]")
-        self.spec = env_spec(env_id)
+        self.options = check_options(env_id, options)
         self.num_envs = num_envs
         self.batch_size = batch_size
-        self._env = _make(env_id, num_envs, seed, batch_size, tasks)
+        self._env = _make(env_id, num_envs, seed, batch_size, tasks, self.options)
+        if env_id in LOCAL_ENVS:
+            self.spec = env_spec(env_id)
+        else:  # read from the batch itself: a second, one-env instance took ~0.3 s on Atari
+            try:
+                self.spec = _envpool_spec(env_id, self._env)
+            except BaseException:
+                self._env.close()
+                raise
         self._box = self.spec.action_box
         self._obs_dtype = np.uint8 if self.spec.observation_dtype == "uint8" else np.float32
         self._ids = np.arange(num_envs, dtype=np.int32)

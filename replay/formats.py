@@ -22,6 +22,7 @@ from collections.abc import Iterator
 ITEM_FORMATS: dict[str, str] = {
     "episode_window": "replay.episode_window:EpisodeWindows",
     "history_window": "replay.history_window:HistoryWindows",
+    "frame_window": "replay.frame_window:FrameWindows",
 }
 """Registry key (`replay.item_format`) -> "module:Class" of the format."""
 

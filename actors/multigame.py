@@ -1,0 +1,268 @@
+"""Record episodes of mixed quality on several Atari games, for a multi-game dataset.
+
+The Multi-Game Decision Transformer (Lee et al. 2022) learns from episodes of every
+quality, from near-random to expert, of many games. `record_games` plays each game
+with each behaviour policy for a given number of episodes, through `VectorEnv` with
+the MGDT's envpool options (`actors.envs.MGDT_OPTIONS`: one (1, 84, 84) uint8 frame per
+step, the full 18-action set), and returns them tagged with the policy, ready for
+`replay.multigame.write_multigame`.
+
+Behaviour policies, by tag:
+
+- "random": a uniformly random action of the full set at every step.
+- "noisy:<eps>" (0 < eps <= 1, e.g. "noisy:0.3"): sticky random play. At each step
+  the previous action is repeated with probability 1 - eps, otherwise a uniformly
+  random action is drawn (always at an episode's first step). No simple scripted
+  player exists for every game, and holding an action for about 1/eps steps moves an
+  Atari agent further and more coherently than uniform play (a paddle crosses the
+  screen, a ship keeps firing), so these episodes differ in kind from "random" ones.
+  "noisy:1" plays as "random" does.
+- any other tag (such as "online-best", a checkpoint of a later online run) names a
+  policy given in `policies`: a callable `policy(frames) -> actions`, or an object
+  with such an `act` method, called each step with the frames of all `num_envs`
+  environments, (num_envs, 1, 84, 84) uint8, and returning (num_envs,) action indices.
+  If it has `record(actions, rewards, terminated)` it is told each step's actions, raw
+  (unclipped) rewards and terminations, and if it has `reset(env_ids)`, which
+  environments' next frame starts an episode (all of them, `reset()`, before the
+  first step). `models.mgdt.MultiGamePolicy` has exactly these methods. An
+  environment whose episode just ended is acted for once more: envpool's auto-reset
+  ignores that action (`actors.envs.VectorEnv`).
+
+Each game runs on one `VectorEnv` of `num_envs` environments, its seed and each
+policy's random stream drawn from `seed` (`numpy.random.SeedSequence`); the policies
+take turns on it, every environment reset at each turn's start. Environment i records
+every num_envs-th of a policy's episodes (episodes i, i + num_envs, ...), so long
+episodes are kept as often as short ones (taking the first episodes to finish would
+favour short ones); the episodes other environments finish meanwhile are dropped. An episode ends on
+termination (game over) or truncation: envpool's episode limit (27,000 steps, 108,000
+frames, in Atari) or `max_steps_per_episode`, which becomes that limit
+(envpool's `max_episode_steps`) to keep CPU runs short; both are flagged truncated.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping, Sequence
+
+import numpy as np
+
+from actors.envs import MGDT_OPTIONS, EnvSpec, VectorEnv, check_options, env_spec
+from replay.datasets import Episode
+from replay.multigame import TaggedEpisode, check_policy_tag
+
+FramePolicy = Callable[[np.ndarray], np.ndarray]
+"""frames (N, 1, H, W) uint8 -> (N,) action indices; see the module docstring for the
+optional `act`, `record` and `reset` methods."""
+NOISY_TAG = re.compile(r"noisy:(\d+(?:\.\d*)?|\.\d+)")
+
+
+class StickyRandom:
+    """Sticky random play for `num_envs` environments: each step repeats an
+    environment's previous action with probability 1 - eps, otherwise draws one of
+    `num_actions` uniformly (always on an episode's first step). eps = 1 is uniform."""
+
+    def __init__(self, num_envs: int, num_actions: int, eps: float,
+                 rng: np.random.Generator):
+        if not 0.0 < eps <= 1.0:
+            raise ValueError(f"eps={eps} must lie in (0, 1]")
+        self.num_actions = num_actions
+        self.eps = float(eps)
+        self.rng = rng
+        self.previous = np.zeros(num_envs, np.int64)
+        self.first = np.ones(num_envs, bool)
+
+    def __call__(self, frames: np.ndarray) -> np.ndarray:
+        n = len(self.previous)
+        fresh = self.first | (self.rng.random(n) < self.eps)
+        drawn = self.rng.integers(0, self.num_actions, n)
+        self.previous = np.where(fresh, drawn, self.previous)
+        self.first[:] = False
+        return self.previous.copy()
+
+    def reset(self, env_ids: np.ndarray | None = None) -> None:
+        """The next step of `env_ids` (all when None) starts an episode."""
+        if env_ids is None:
+            self.first[:] = True
+        else:
+            self.first[np.asarray(env_ids, np.int64)] = True
+
+
+def noisy_eps(tag: str) -> float | None:
+    """The eps of a "noisy:<eps>" tag, None for any other tag; ValueError for a noisy tag
+    whose eps is not in (0, 1]."""
+    if not tag.startswith("noisy:"):
+        return None
+    match = NOISY_TAG.fullmatch(tag)
+    eps = float(match.group(1)) if match else float("nan")
+    if not 0.0 < eps <= 1.0:
+        raise ValueError(f"policy tag {tag!r}: 'noisy:<eps>' needs eps in (0, 1], such as "
+                         "'noisy:0.3'")
+    return eps
+
+
+def record_games(games: Sequence[str], episodes_per_policy: Mapping[str, int], seed: int,
+                 options: Mapping | None = MGDT_OPTIONS,
+                 max_steps_per_episode: int | None = None, *, num_envs: int = 4,
+                 policies: Mapping[str, FramePolicy] | None = None
+                 ) -> dict[str, list[TaggedEpisode]]:
+    """Play every game of `games` with every policy of `episodes_per_policy` (tag ->
+    episodes per game) and return game -> its `TaggedEpisode`s, games in the given
+    order, each game's episodes policy by policy in `episodes_per_policy`'s order.
+
+    Episodes hold uint8 frames (T+1, 1, 84, 84), int64 actions, raw float32 rewards and
+    their terminated/truncated flags (module docstring for the policies, the seeds
+    and the ends of episodes). Everything is checked before the first step: ValueError
+    names a game that envpool does not know or whose spaces under `options` are not
+    Discrete actions with one uint8 frame per step, games whose action counts or frame
+    shapes differ (without `full_action_space`), an unknown or malformed policy tag,
+    a tag of `policies` that no count asks for, a count that is not an int >= 0,
+    `max_steps_per_episode` < 1 or given with `options["max_episode_steps"]`, and
+    `num_envs` < 1.
+    """
+    options = dict(options or {})
+    if max_steps_per_episode is not None:
+        if isinstance(max_steps_per_episode, bool) or not isinstance(
+                max_steps_per_episode, (int, np.integer)) or max_steps_per_episode < 1:
+            raise ValueError(f"max_steps_per_episode={max_steps_per_episode!r} must be an "
+                             "int >= 1")
+        if "max_episode_steps" in options:
+            raise ValueError(f"max_steps_per_episode={max_steps_per_episode} and options["
+                             f"'max_episode_steps']={options['max_episode_steps']} both set "
+                             "the episode limit; give one")
+        options["max_episode_steps"] = int(max_steps_per_episode)
+    if isinstance(num_envs, bool) or not isinstance(num_envs, (int, np.integer)) \
+            or num_envs < 1:
+        raise ValueError(f"num_envs={num_envs!r} must be an int >= 1")
+    games = list(games)
+    if not games or len(set(games)) != len(games):
+        raise ValueError(f"games={games} must name at least one game, each once")
+    policies = dict(policies or {})
+    counts = _check_counts(episodes_per_policy, policies)
+    specs = [_game_spec(game, options) for game in games]
+    for game, spec in zip(games[1:], specs[1:]):
+        if (spec.num_actions, spec.observation_shape) != (specs[0].num_actions,
+                                                          specs[0].observation_shape):
+            raise ValueError(
+                f"game {game} has {spec.action_space} and frames {spec.observation_shape} "
+                f"under options={options}, but {games[0]} has {specs[0].action_space} and "
+                f"{specs[0].observation_shape}; one dataset needs one action set "
+                "(full_action_space=True)")
+
+    game_seeds = np.random.SeedSequence(seed).spawn(len(games))
+    recorded: dict[str, list[TaggedEpisode]] = {game: [] for game in games}
+    for game, spec, sequence in zip(games, specs, game_seeds):
+        env_seed = int(sequence.generate_state(1)[0] % (2**31 - 1))
+        policy_seeds = sequence.spawn(len(counts))
+        env = VectorEnv(game, num_envs, env_seed, options=options)
+        try:
+            for (tag, count), policy_seed in zip(counts.items(), policy_seeds):
+                if count == 0:
+                    continue
+                eps = 1.0 if tag == "random" else noisy_eps(tag)
+                policy = policies[tag] if eps is None else StickyRandom(
+                    num_envs, spec.num_actions, eps, np.random.default_rng(policy_seed))
+                recorded[game].extend(TaggedEpisode(episode, tag)
+                                      for episode in _record(env, policy, tag, count))
+        finally:
+            env.close()
+    return recorded
+
+
+def _check_counts(episodes_per_policy: Mapping[str, int],
+                  policies: Mapping[str, FramePolicy]) -> dict[str, int]:
+    """`episodes_per_policy` as a dict, every tag and count checked."""
+    if not isinstance(episodes_per_policy, Mapping) or not episodes_per_policy:
+        raise ValueError(f"episodes_per_policy={episodes_per_policy!r} must map at least one "
+                         "policy tag to an episode count")
+    counts = {}
+    for tag, count in episodes_per_policy.items():
+        check_policy_tag(tag)
+        if isinstance(count, bool) or not isinstance(count, (int, np.integer)) or count < 0:
+            raise ValueError(f"episodes_per_policy[{tag!r}]={count!r} must be an int >= 0")
+        built_in = tag == "random" or noisy_eps(tag) is not None
+        if built_in and tag in policies:
+            raise ValueError(f"policies[{tag!r}]: {tag!r} is a built-in policy tag")
+        if not built_in:
+            if tag not in policies:
+                raise ValueError(f"episodes_per_policy names policy {tag!r}, which is neither "
+                                 "'random', 'noisy:<eps>' nor a key of policies="
+                                 f"{sorted(policies)}")
+            given = policies[tag]
+            if not callable(getattr(given, "act", given)):
+                raise ValueError(f"policies[{tag!r}] must be callable or have an act method, "
+                                 f"got {type(given).__name__}")
+        counts[tag] = int(count)
+    unused = sorted(set(policies) - set(counts))
+    if unused:
+        raise ValueError(f"policies[{unused[0]!r}] is given but episodes_per_policy has no "
+                         "count for it")
+    return counts
+
+
+def _game_spec(game: str, options: dict) -> EnvSpec:
+    """`game`'s spec under `options`; ValueError unless its actions are Discrete and its
+    observations one uint8 frame (1, H, W) per step."""
+    if not isinstance(game, str) or not game:
+        raise ValueError(f"game {game!r} must be an envpool task id such as 'Pong-v5'")
+    spec = env_spec(game, check_options(game, options))
+    if not spec.discrete or spec.observation_dtype != "uint8" \
+            or len(spec.observation_shape) != 3 or spec.observation_shape[0] != 1:
+        raise ValueError(
+            f"game {game} under options={options} has {spec.action_space} actions and "
+            f"{spec.observation_dtype} observations of shape {spec.observation_shape}; a "
+            "multi-game dataset needs Discrete actions and one uint8 frame (1, H, W) per "
+            "step (Atari with stack_num=1)")
+    return spec
+
+
+def _record(env: VectorEnv, policy, tag: str, count: int) -> list[Episode]:
+    """Reset every environment of `env` and run it with `policy` until each has finished
+    its share of `count` episodes; return them in finishing order."""
+    n = env.num_envs
+    quota = np.full(n, count // n) + (np.arange(n) < count % n)  # (n,)
+    kept = np.zeros(n, np.int64)
+    act = getattr(policy, "act", policy)
+    record = getattr(policy, "record", None)
+    reset = getattr(policy, "reset", None)
+    done: list[Episode] = []
+    frames = env.reset()
+    if reset is not None:
+        reset()
+    buffers = [{"obs": [frames[i]], "act": [], "rew": []} for i in range(n)]
+    while len(done) < count:
+        actions = _checked_actions(act(frames), n, env.spec.num_actions, tag)
+        result = env.step(actions)
+        if record is not None:
+            record(actions, result.rewards, result.terminated)
+        for i in range(n):
+            if result.is_reset[i]:
+                buffers[i] = {"obs": [result.observations[i]], "act": [], "rew": []}
+                continue
+            buffer = buffers[i]
+            buffer["act"].append(actions[i])
+            buffer["rew"].append(result.rewards[i])
+            buffer["obs"].append(result.observations[i])
+            if result.done[i] and kept[i] < quota[i]:
+                kept[i] += 1
+                done.append(Episode(
+                    observations=np.stack(buffer["obs"]),  # (T+1, 1, H, W) uint8
+                    actions=np.asarray(buffer["act"], np.int64),
+                    rewards=np.asarray(buffer["rew"], np.float32),
+                    terminated=bool(result.terminated[i]),
+                    truncated=bool(result.truncated[i]),
+                ))
+        if reset is not None and result.is_reset.any():
+            reset(np.flatnonzero(result.is_reset))
+        frames = result.observations
+    return done
+
+
+def _checked_actions(actions, n: int, num_actions: int, tag: str) -> np.ndarray:
+    """A policy's actions as (n,) int64; ValueError naming the policy otherwise."""
+    array = np.asarray(actions)
+    if array.shape != (n,) or not np.issubdtype(array.dtype, np.integer) \
+            or array.min() < 0 or array.max() >= num_actions:
+        raise ValueError(f"policy {tag!r} returned {array.dtype} actions of shape "
+                         f"{array.shape}; expected ({n},) integer indices in [0, "
+                         f"{num_actions})")
+    return array.astype(np.int64)
