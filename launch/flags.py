@@ -214,8 +214,12 @@ def apply_setting(config, item: str):
 
 
 def _parse_like(current, text: str, item: str):
+    """`text` as a value of `current`'s type: bool, int, float, str; a dict as a JSON
+    object; a tuple or list as a JSON array or comma-separated strings."""
     if text.lower() in ("none", "null") and (current is None or isinstance(current, str)):
         return None
+    if isinstance(current, (dict, tuple, list)):
+        return _parse_container(current, text, item)
     try:
         if isinstance(current, bool):
             if text.lower() not in ("true", "false", "1", "0"):
@@ -234,6 +238,23 @@ def _parse_like(current, text: str, item: str):
     except ValueError:
         raise ValueError(f"--set={item!r}: {text!r} is not a {type(current).__name__}") from None
     return text
+
+
+def _parse_container(current, text: str, item: str):
+    import json
+
+    if isinstance(current, dict) or text.lstrip().startswith("["):
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"--set={item!r}: {text!r} is not JSON ({error.msg})") from None
+    else:
+        value = [part.strip() for part in text.split(",") if part.strip()]
+    expected = dict if isinstance(current, dict) else list
+    if not isinstance(value, expected):
+        raise ValueError(f"--set={item!r}: expected a JSON {expected.__name__}, got "
+                         f"{type(value).__name__}")
+    return tuple(value) if isinstance(current, tuple) else value
 
 
 def new_run_dir(logdir: str | None, name: str) -> Path:

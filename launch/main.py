@@ -110,6 +110,32 @@ def _in_context(cfg, start: float) -> None:
     print(summary_table(rows))
 
 
+def _multi_game(cfg, start: float) -> None:
+    """The multi-game pipeline (`launch.multigame`): data, one model, per-game scores."""
+    from launch.multigame import run_multi_game
+    from launch.pipeline import save_config, summary_table, tensorboard_command
+
+    run_dir = new_run_dir(flags.FLAGS.logdir, cfg.name)
+    save_config(run_dir, cfg)
+    print(f"onramp: preset {cfg.name}, games {', '.join(cfg.multigame.games)}, multi-game "
+          f"pipeline, run directory {run_dir}")
+    results, trained, seconds = run_multi_game(cfg, run_dir)
+    rows = [("preset", cfg.name),
+            ("pretraining", f"{trained.updates} updates, {trained.updates_per_s:.1f} updates/s")]
+    for game, result in results.items():
+        f = result.figures()
+        rows.append((game, f"data mean {f['dataset_mean_return']:.1f} (best "
+                           f"{f['dataset_best_return']:.1f}); expert "
+                           f"{f['expert_return']:.1f} ({f['expert_human_normalized']:.1f} HNS); "
+                           f"target {f['target_return']:.1f} "
+                           f"({f['target_human_normalized']:.1f} HNS)"))
+    for stage, value in seconds.items():
+        rows.append((f"time: {stage}", f"{value:.0f} s"))
+    rows += [("wall time", f"{time.perf_counter() - start:.0f} s"),
+             ("tensorboard", tensorboard_command(run_dir))]
+    print(summary_table(rows))
+
+
 def main(argv) -> None:
     del argv
     from launch.local import run_inline, run_local
@@ -139,6 +165,9 @@ def main(argv) -> None:
         cfg = resolve_config()
         if cfg.pipeline == "in_context":
             _in_context(cfg, start)
+            return
+        if cfg.pipeline == "multi_game":
+            _multi_game(cfg, start)
             return
         given = given_dataset(cfg)  # a bad dataset is refused before the run directory exists
         run_dir = new_run_dir(FLAGS.logdir, cfg.name)

@@ -160,10 +160,35 @@ class InContextConfig:
     """The source algorithm's settings."""
 
 
-PIPELINES = ("offline_online", "in_context")
-"""What `launch.main` runs: 'offline_online' (dataset, pretraining, online fine-tuning)
-or 'in_context' (source histories, Algorithm Distillation and its in-context
-evaluation, `launch.incontext`)."""
+@dataclass(frozen=True)
+class MultiGameConfig:
+    """The multi-game pipeline's stages (`launch.multigame`; pipeline 'multi_game')."""
+
+    games: tuple[str, ...] = ("Pong-v5", "Breakout-v5", "SpaceInvaders-v5")
+    """envpool Atari games, one model for all (each needs reference scores in
+    `replay.atari_scores`)."""
+    episodes_per_policy: dict = field(
+        default_factory=lambda: {"random": 8, "noisy:0.3": 8})
+    """Behaviour policy tag (`actors.multigame`) -> episodes recorded per game."""
+    max_steps_per_episode: int = 2000
+    """Episode limit in agent steps (4 frames each) when recording and evaluating; 0:
+    envpool's own (27,000)."""
+    record_envs: int = 4
+    """Environments per game while recording."""
+    balance_games: bool = True
+    """Pretraining draws each game equally often, whatever its share of the steps."""
+    eval_episodes: int = 4
+    """Evaluation episodes per game and mode."""
+    kappa: float = 10.0
+    """Optimality weight of expert-action inference: returns sampled from the predicted
+    distribution reweighted by exp(kappa x normalized return)."""
+
+
+PIPELINES = ("offline_online", "in_context", "multi_game")
+"""What `launch.main` runs: 'offline_online' (dataset, pretraining, online fine-tuning),
+'in_context' (source histories, Algorithm Distillation and its in-context evaluation,
+`launch.incontext`) or 'multi_game' (several Atari games' data, one Multi-Game Decision
+Transformer, per-game evaluation, `launch.multigame`)."""
 
 
 @dataclass(frozen=True)
@@ -186,6 +211,8 @@ class RunConfig:
     """One of `PIPELINES`."""
     incontext: InContextConfig = field(default_factory=InContextConfig)
     """The in-context pipeline's settings (read when pipeline is 'in_context')."""
+    multigame: MultiGameConfig = field(default_factory=MultiGameConfig)
+    """The multi-game pipeline's settings (read when pipeline is 'multi_game')."""
     seed: int = 0
     device: str = "auto"
     """'auto' (CUDA when present), 'cpu' or 'cuda[:i]'."""
@@ -426,6 +453,8 @@ def d4rl_preset(robot: str, split: str) -> RunConfig:
 def _pipeline_problems(cfg: RunConfig) -> list[str]:
     if cfg.pipeline not in PIPELINES:
         return [f"pipeline={cfg.pipeline!r} must be one of {PIPELINES}"]
+    if cfg.pipeline == "multi_game":
+        return _multigame_problems(cfg)
     problems = []
     if cfg.objective.kind in OBJECTIVES:
         from learner.objectives import get_objective
@@ -457,6 +486,54 @@ def _pipeline_problems(cfg: RunConfig) -> list[str]:
         problems.append(f"incontext.expert_episodes={ic.expert_episodes} must be at most the "
                         f"{kept} episodes kept per history (source_episodes / keep_every)")
     return problems
+
+
+def _multigame_problems(cfg: RunConfig) -> list[str]:
+    from replay.atari_scores import ATARI_REFERENCE_SCORES
+
+    mg, problems = cfg.multigame, []
+    if cfg.objective.kind != "mgdt":
+        problems.append(f"objective.kind={cfg.objective.kind!r}: the multi-game pipeline "
+                        "trains objective 'mgdt'")
+    if not mg.games:
+        problems.append("multigame.games is empty")
+    unknown = [g for g in mg.games if g not in ATARI_REFERENCE_SCORES]
+    if unknown:
+        problems.append(f"multigame.games: {', '.join(unknown)} has no Atari reference "
+                        "scores (replay.atari_scores)")
+    if not mg.episodes_per_policy or any(
+            not isinstance(n, int) or n < 1 for n in mg.episodes_per_policy.values()):
+        problems.append(f"multigame.episodes_per_policy={mg.episodes_per_policy} must map "
+                        "policy tags to episode counts >= 1")
+    for name in ("record_envs", "eval_episodes"):
+        if getattr(mg, name) < 1:
+            problems.append(f"multigame.{name}={getattr(mg, name)} must be >= 1")
+    if mg.max_steps_per_episode < 0:
+        problems.append(f"multigame.max_steps_per_episode={mg.max_steps_per_episode} must "
+                        "be >= 0 (0: envpool's limit)")
+    return problems
+
+
+def mgdt_atari3() -> RunConfig:
+    """`mgdt-atari3`: one Multi-Game Decision Transformer for Pong, Breakout and Space
+    Invaders from onramp's own mixed-quality data, sized for 2 CPU cores (DESIGN.md,
+    "Multi-Game Decision Transformer"): width 128, 3 layers, a 4-step context of 84x84
+    frames (156 tokens), batch 32."""
+    return RunConfig(
+        name="mgdt-atari3",
+        env=EnvConfig(env_id="Pong-v5", options={"stack_num": 1, "full_action_space": True}),
+        model=ModelConfig(kind="multi_game_dt", state_dim=84 * 84, act_dim=18,
+                          action_kind="discrete", frame_shape=(1, 84, 84), context_len=4,
+                          embed_dim=128, n_layer=3, n_head=4, ffn_dim=512, dropout=0.1),
+        objective=ObjectiveConfig(kind="mgdt"),
+        optim=OptimConfig(lr=3e-4, weight_decay=1e-4, warmup_steps=200, batch_size=32),
+        pretrain=PretrainConfig(updates=2000, log_every=100, eval_every=0,
+                                checkpoint_every=1000),
+        eval=EvalConfig(episodes=4, context_len=4),
+        replay=ReplayConfig(item_format="frame_window"),
+        pipeline="multi_game",
+        multigame=MultiGameConfig(),
+    )
 
 
 def ad_darkroom() -> RunConfig:
@@ -508,7 +585,7 @@ def locomotion_cpu_preset(robot: str) -> RunConfig:
 
 
 PRESETS = {"quickstart": quickstart, "cartpole": cartpole, "pong": pong,
-           "ad-darkroom": ad_darkroom}
+           "ad-darkroom": ad_darkroom, "mgdt-atari3": mgdt_atari3}
 for _robot in ("hopper", "halfcheetah", "walker2d"):
     PRESETS[f"{_robot}-random-cpu"] = (lambda r=_robot: locomotion_cpu_preset(r))
 for _robot in _D4RL_ROBOTS:
