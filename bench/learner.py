@@ -217,6 +217,8 @@ def measure(name: str, kind: str, paths: list[str], seconds: float, rounds: int,
             "params": learner.model.num_params(),
             "warmup_s": round(warmup_s, 2),
             "host_sync_free": host_sync_free(learner, batch),
+            # Filled in after the timed rounds: the NaN/inf guard's reads per update.
+            "host_reads_per_update": None,
             "learner_rss_mib": round(rss_mib() - rss_before, 1),
         }
         if device.type == "cuda":
@@ -246,6 +248,8 @@ def measure(name: str, kind: str, paths: list[str], seconds: float, rounds: int,
             "updates": updates,
             "seconds": round(elapsed, 2),
             "updates_per_s": round(updates / elapsed, 3),
+            "host_reads_per_update": round(
+                learner.host_reads / max(learner.step + learner.skipped, 1), 3),
             "model_tflops_per_s": round(achieved / 1e12, 5),
             "peak_tflops_per_s": None if path_peak is None else round(path_peak / 1e12, 4),
             "peak_bf16_tflops_per_s": None if peak_bf16 is None else round(peak_bf16 / 1e12, 4),

@@ -239,6 +239,8 @@ def _from_dict(cls, values, where: str):
     for name, value in values.items():
         if is_dataclass(types[name]):
             value = _from_dict(types[name], value, f"{where}.{name}")
+        elif isinstance(value, list) and typing.get_origin(types[name]) is tuple:
+            value = tuple(value)  # JSON has no tuples
         kwargs[name] = value
     try:
         return cls(**kwargs)

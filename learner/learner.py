@@ -13,7 +13,7 @@ Usage:
     learner = Learner(model_cfg, objective_cfg, optim_cfg, device="cuda")
     learner.set_state_normalization(mean, std)
     for batch in batches:                  # dict of (B, K, ...) tensors, see replay/windows.py
-        metrics = learner.update(batch)    # dict of 0-d tensors; no host sync inside
+        metrics = learner.update(batch)    # dict of 0-d tensors; at most one host read
 
 Data-parallel (several processes, see learner/distributed.py): every rank builds the
 same Learner, calls `broadcast_parameters()` once, then updates on its own batches;
@@ -144,6 +144,7 @@ class Learner:
         target copies to this learner."""
         self.step = 0  # batches consumed (one critic update each under odt_td3)
         self.skipped = 0  # updates skipped for a NaN or inf loss or gradient norm
+        self.host_reads = 0  # device-to-host reads of the NaN/inf guard
 
     @property
     def compute_path(self) -> str:
@@ -170,11 +171,13 @@ class Learner:
                        window["timesteps"], window["mask"])
         return model.action_head(h.float())
 
-    @staticmethod
-    def require_finite(value: torch.Tensor) -> None:
-        """Raise NonFiniteUpdate unless `value` is finite on every rank (ranks skip
-        together). One device-to-host read."""
-        if not distributed.all_agree(bool(torch.isfinite(value))):
+    def require_finite(self, *values: torch.Tensor) -> None:
+        """Raise NonFiniteUpdate unless every one of the 0-d `values` is finite on every
+        rank (ranks skip together). One device-to-host read for all of them, counted
+        in `host_reads`."""
+        finite = torch.isfinite(torch.stack([v.detach().reshape(()).float() for v in values]))
+        self.host_reads += 1
+        if not distributed.all_agree(bool(finite.all())):
             raise NonFiniteUpdate
 
     def set_state_normalization(self, mean, std) -> None:
@@ -204,9 +207,12 @@ class Learner:
 
         A NaN or inf loss or gradient norm skips the update: no optimizer steps and
         `step` stays; `skipped` counts such updates and the metrics hold just
-        `loss/nonfinite` = 1. (Under ODT+TD3 a finite critic loss has already stepped
-        the critic when the actor's loss turns out non-finite.) The check reads one
-        value back from the device per update.
+        `loss/nonfinite` = 1. The check reads one value back from the device per update
+        that steps the transformer (`host_reads` counts them). Under ODT+TD3 the critic
+        step is checked on the device, with no read: a non-finite critic gradient
+        leaves the critic as it was (`loss/critic_nonfinite` = 1); on a batch that also
+        steps the actor the whole update is then skipped as above, and a finite critic
+        step stays when the actor's loss turns out non-finite.
         """
         self.model.train()
         try:
@@ -220,15 +226,18 @@ class Learner:
         self.step += 1
         return metrics
 
-    def transformer_step(self, loss: torch.Tensor) -> torch.Tensor:
+    def transformer_step(self, loss: torch.Tensor, *also_finite: torch.Tensor) -> torch.Tensor:
         """Backward `loss`, average the gradients over ranks, clip them, step LAMB and the
-        warm-up schedule; returns the gradient norm before clipping."""
-        self.require_finite(loss)
+        warm-up schedule; returns the gradient norm before clipping.
+
+        Before stepping, one host read checks `loss`, the gradient norm and the 0-d
+        tensors `also_finite` (what else the update will step on: a temperature loss,
+        say) together, raising NonFiniteUpdate if any is NaN or inf."""
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         distributed.average_gradients(self.model.parameters())
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.optim.grad_clip)
-        self.require_finite(grad_norm)
+        self.require_finite(loss, grad_norm, *also_finite)
         self.optimizer.step()
         self.scheduler.step()
         return grad_norm.detach()

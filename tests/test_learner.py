@@ -176,7 +176,8 @@ def test_critic_update_trains_the_critic_alone():
     model_before, model_target_before = params(learner.model), params(learner.model_target)
     critic_before, target_before = params(learner.critic), params(learner.critic_target)
     metrics = learner.critic_update(batch)
-    assert set(metrics) == {"loss/critic", "policy/q"}
+    assert set(metrics) == {"loss/critic", "loss/critic_nonfinite", "policy/q"}
+    assert float(metrics["loss/critic_nonfinite"]) == 0.0
     assert changed(critic_before, learner.critic)
     assert not changed(model_before, learner.model)
     assert not changed(model_target_before, learner.model_target)
@@ -447,3 +448,47 @@ def test_checkpoints_and_configs_that_still_name_the_head_in_the_model_config_lo
     saved = get_preset("quickstart").to_dict()
     saved["model"]["policy"] = "gaussian"
     assert RunConfig.from_dict(saved) == get_preset("quickstart")
+
+
+def test_an_update_reads_the_device_at_most_once():
+    """The NaN/inf guard reads back once per update that steps the transformer, and not at
+    all on ODT+TD3's critic-only batches."""
+    for kind in ("odt", "rcbc"):
+        learner = make_learner(kind)
+        for i in range(3):
+            learner.update(random_batch(i))
+        assert learner.host_reads == 3, kind
+    learner = make_learner("odt_td3")  # actor_update_interval 2: critic, critic+actor, ...
+    reads = []
+    for i in range(4):
+        learner.update(random_batch(i))
+        reads.append(learner.host_reads)
+    assert reads == [0, 1, 1, 2]
+
+
+def test_a_nonfinite_critic_gradient_leaves_the_critic_and_its_optimizer_as_they_were():
+    from learner.objectives.odt_td3 import guarded_step
+
+    learner = make_learner("odt_td3")
+    for i in (0, 2):  # a critic-only and an actor batch: the critic's optimizer has state
+        learner.update(random_batch(i))
+    before = params(learner.critic)
+    state_before = {id(p): {k: v.clone() for k, v in s.items()}
+                    for p, s in learner.critic_optimizer.state.items()}
+    bad = random_batch(1)
+    bad["rewards"] = torch.full_like(bad["rewards"], float("nan"))
+    metrics = learner.update(bad)  # a critic-only batch: skipped on the device
+    assert float(metrics["loss/critic_nonfinite"]) == 1.0 and learner.step == 3
+    assert not changed(before, learner.critic)
+    for p, state in learner.critic_optimizer.state.items():
+        for key, value in state.items():
+            torch.testing.assert_close(value, state_before[id(p)][key])
+    metrics = learner.update(bad)  # an actor batch: the whole update is skipped
+    assert metrics == {"loss/nonfinite": torch.ones(())} and learner.skipped == 1
+    assert not changed(before, learner.critic)
+    # A finite step goes through the same guard unchanged.
+    p = torch.nn.Parameter(torch.ones(3))
+    opt = torch.optim.AdamW([p], lr=0.1)
+    p.grad = torch.ones(3)
+    guarded_step(opt, [p], torch.tensor(True))
+    assert (p.detach() < 1).all() and int(opt.state[p]["step"]) == 1

@@ -101,9 +101,9 @@ class MultiGameDT(Objective):
         result = mgdt_loss(out, batch["actions"], return_buckets, reward_classes, mask,
                            learner.log_temperature if rl else None, learner.target_entropy,
                            learner.objective.mask_entropy)
-        if rl:
-            learner.require_finite(result.temperature_loss)
-        grad_norm = learner.transformer_step(result.loss)
+        # One host read checks the loss, the gradient norm and the temperature loss.
+        also = (result.temperature_loss,) if rl else ()
+        grad_norm = learner.transformer_step(result.loss, *also)
         accuracy = losses.masked_mean(
             (out.action_logits.argmax(-1) == batch["actions"].long()).float(), mask)
         metrics = {

@@ -19,8 +19,8 @@ class ODT(Objective):
         dist = learner.policy(learner.model, learner.encode, batch)
         out = losses.odt_loss(dist, batch["actions"], batch["mask"], learner.log_temperature,
                               learner.target_entropy, learner.objective.mask_entropy)
-        learner.require_finite(out.temperature_loss)
-        grad_norm = learner.transformer_step(out.loss)
+        # One host read checks the loss, the gradient norm and the temperature loss.
+        grad_norm = learner.transformer_step(out.loss, out.temperature_loss)
         learner.temperature_optimizer.zero_grad(set_to_none=True)
         out.temperature_loss.backward()
         distributed.average_gradients([learner.log_temperature])

@@ -25,6 +25,27 @@ def ema_update(target: torch.nn.Module, source: torch.nn.Module, tau: float) -> 
     torch._foreach_lerp_(list(target.parameters()), list(source.parameters()), tau)
 
 
+@torch.no_grad()
+def guarded_step(optimizer: torch.optim.Optimizer, params: list[torch.Tensor],
+                 ok: torch.Tensor) -> None:
+    """`optimizer.step()`, kept only where the 0-d bool tensor `ok` is True: otherwise
+    the parameters and the optimizer's state tensors on `ok`'s device are put back as
+    they were, on the device, without reading `ok` on the host. (A state tensor kept
+    on another device, such as a non-fused optimizer's step count on CUDA, advances
+    either way.)"""
+    before = [p.detach().clone() for p in params]
+    states = [{k: v.clone() for k, v in optimizer.state[p].items() if torch.is_tensor(v)}
+              if p in optimizer.state else {} for p in params]
+    optimizer.step()
+    for p, old, state in zip(params, before, states):
+        p.copy_(torch.where(ok, p, old))
+        for key, value in optimizer.state[p].items():
+            if torch.is_tensor(value) and value.device == ok.device:
+                previous = state.get(key)
+                value.copy_(torch.where(ok, value, torch.zeros_like(value)
+                                        if previous is None else previous))
+
+
 def shifted_window(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The window one step later, for TD targets: position i holds step t_i + 1.
 
@@ -96,13 +117,19 @@ class ODTTD3(Objective):
             )
         q1, q2 = learner.critic(batch["observations"], batch["actions"])
         critic_loss = losses.critic_loss(q1, q2, target, batch["mask"])
-        learner.require_finite(critic_loss)
         learner.critic_optimizer.zero_grad(set_to_none=True)
         critic_loss.backward()
-        distributed.average_gradients(learner.critic.parameters())
-        learner.critic_optimizer.step()
+        params = list(learner.critic.parameters())
+        distributed.average_gradients(params)
+        # Skipped on the device when the (rank-averaged, so on every rank alike) gradient
+        # is not finite: no host read here. An actor step on the same batch reads the flag
+        # together with its own checks and then skips the whole update.
+        norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
+        self.critic_ok = torch.isfinite(norm)
+        guarded_step(learner.critic_optimizer, params, self.critic_ok)
         return {
             "loss/critic": critic_loss.detach(),
+            "loss/critic_nonfinite": (~self.critic_ok).float(),
             "policy/q": losses.masked_mean(q1.detach(), batch["mask"]),
         }
 
@@ -124,7 +151,9 @@ class ODTTD3(Objective):
             loss = supervised + coeff * rl_loss
             metrics["loss/actor_rl"] = rl_loss.detach()
         metrics["loss/total"] = loss.detach()
-        metrics["loss/grad_norm"] = learner.transformer_step(loss)
+        # This batch's critic step, when there was one, is checked in the same host read.
+        also = (torch.where(self.critic_ok, 0.0, float("nan")),) if rl else ()
+        metrics["loss/grad_norm"] = learner.transformer_step(loss, *also)
         return metrics
 
     def critic_update(self, batch) -> Metrics:
