@@ -11,6 +11,7 @@ import torch
 from learner import losses
 from learner.objectives.base import Metrics, Objective
 
+
 class AlgorithmDistillation(Objective):
     kind = "ad"
     heads = {"discrete": "categorical"}
