@@ -11,6 +11,11 @@ per method, the median over seeds with their min-max band).
 
     python -m bench.incontext --seeds=0,1,2 [--preset=ad-darkroom] [--out=runs/incontext]
         [--set=pretrain.updates=6000 ...]
+
+With `--evaluate_only`, the seeds' runs already in `--out` are evaluated again (stage 3
+only, `launch.incontext.evaluate_stage`) with their saved configs and the `--set`
+overrides (inference settings such as `incontext.action_temperature`); each seed's
+curves go to `<out>/seed<s>/evaluation/`, the report to `<out>/evaluation/`.
 """
 
 from __future__ import annotations
@@ -31,6 +36,8 @@ flags.DEFINE_string("out", "runs/incontext", "Folder for the runs (must not exis
 flags.DEFINE_string("preset", "ad-darkroom", "An in-context preset.")
 flags.DEFINE_multi_string("set", [], "Config override, dotted field=value, "
                           "e.g. --set=pretrain.updates=6000; repeatable.")
+flags.DEFINE_bool("evaluate_only", False, "Evaluate the runs already in --out again "
+                  "(stage 3 only) with the --set overrides.")
 
 
 def median_of(rows: list[dict], method: str, key: str):
@@ -44,9 +51,9 @@ def median_of(rows: list[dict], method: str, key: str):
 def main(argv) -> None:
     del argv
     from launch.flags import apply_setting, checked
-    from launch.incontext import run_in_context, summary
+    from launch.incontext import ROLE_DIRS, evaluate_stage, run_in_context, summary, task_split
     from launch.pipeline import save_config
-    from launch.presets import get_preset
+    from launch.presets import RunConfig, get_preset
     from launch.report import incontext_curves
 
     FLAGS = flags.FLAGS
@@ -58,17 +65,42 @@ def main(argv) -> None:
         raise ValueError(f"--preset={FLAGS.preset} runs the {base.pipeline!r} pipeline; "
                          "bench.incontext needs an in-context preset such as ad-darkroom")
     out = Path(FLAGS.out)
-    if out.exists():
+    seeds = [int(s) for s in FLAGS.seeds.split(",")]
+    if FLAGS.evaluate_only:
+        missing = [s for s in seeds if not (out / f"seed{s}" / "ad" / "checkpoint.pt").is_file()
+                   or not (out / f"seed{s}" / "ed" / "checkpoint.pt").is_file()]
+        if missing:
+            raise FileNotFoundError(f"--evaluate_only: {out} has no trained run for seed(s) "
+                                    f"{', '.join(map(str, missing))}")
+        report_dir = out / "evaluation"
+        if report_dir.exists():
+            raise FileExistsError(f"--evaluate_only: {report_dir} already exists")
+    elif out.exists():
         raise FileExistsError(f"--out={out} already exists")
-    out.mkdir(parents=True)
+    else:
+        report_dir = out
+    report_dir.mkdir(parents=True)
     rows, curves = [], {}
-    for seed in [int(s) for s in FLAGS.seeds.split(",")]:
-        cfg = replace(base, seed=seed)
+    for seed in seeds:
         run_dir = out / f"seed{seed}"
-        run_dir.mkdir()
-        save_config(run_dir, cfg)
         start = time.perf_counter()
-        result = run_in_context(cfg, run_dir)
+        if FLAGS.evaluate_only:
+            cfg = RunConfig.from_dict(json.loads((run_dir / "config.json").read_text()))
+            for item in FLAGS.set:
+                cfg = apply_setting(cfg, item)
+            cfg = checked(cfg)
+            (run_dir / "evaluation").mkdir()
+            earlier = json.loads((run_dir / "incontext.json").read_text())["seconds"]
+            _, held_out = task_split(cfg)
+            result = evaluate_stage(
+                cfg, {m: run_dir / ROLE_DIRS[m] / "checkpoint.pt" for m in ("AD", "ED")},
+                held_out, run_dir / "evaluation",
+                {k: v for k, v in earlier.items() if k != "evaluation"})
+        else:
+            cfg = replace(base, seed=seed)
+            run_dir.mkdir()
+            save_config(run_dir, cfg)
+            result = run_in_context(cfg, run_dir)
         row = {"seed": seed, "wall_s": round(time.perf_counter() - start, 1), **summary(result)}
         print(json.dumps({k: v for k, v in row.items() if k not in ("AD", "ED", "source")}
                          | {m: {k: v for k, v in row[m].items() if k != "curve"}
@@ -91,7 +123,8 @@ def main(argv) -> None:
                       **{m: {k: v for k, v in row[m].items() if k != "curve"}
                          for m in methods}} for row in rows],
     }
-    png = incontext_curves({m: np.stack(curves[m]) for m in methods}, out / "incontext.png",
+    png = incontext_curves({m: np.stack(curves[m]) for m in methods},
+                           report_dir / "incontext.png",
                            optimal=report["optimal_return"], random=report["random_return"])
     report["png"] = str(png)
     print(json.dumps(report))

@@ -113,10 +113,11 @@ def train(cfg, histories: list[LearningHistory], role_dir: Path, *, seed_offset:
 
 
 def in_context_returns(model, env_id: str, tasks: np.ndarray, episodes: int, seed: int,
-                       context_len: int | None = None) -> np.ndarray:
+                       context_len: int | None = None, temperature: float = 1.0
+                       ) -> np.ndarray:
     """Returns (tasks, episodes) of `model` acting on each task for `episodes` episodes in
-    a row with sampled actions, its context carried across episode resets and its
-    weights frozen. One env per task, stepped together."""
+    a row with actions sampled at `temperature`, its context carried across episode
+    resets and its weights frozen. One env per task, stepped together."""
     model.eval()
     from models.ad_transformer import InContextPolicy
 
@@ -130,7 +131,8 @@ def in_context_returns(model, env_id: str, tasks: np.ndarray, episodes: int, see
         observations = env.reset()
         resetting = np.zeros(len(tasks), bool)  # the env's next step is an auto-reset
         while (episode < episodes).any():
-            actions = policy.act(observations, generator=generator, active=~resetting)
+            actions = policy.act(observations, generator=generator, active=~resetting,
+                                 temperature=temperature)
             result = env.step(actions)
             # An auto-reset entry is no step and adds no token: the next token is the new
             # episode's first observation, after the last episode's last action and reward.
@@ -148,8 +150,6 @@ def in_context_returns(model, env_id: str, tasks: np.ndarray, episodes: int, see
 def run_in_context(cfg, run_dir: Path) -> InContextResult:
     """The three stages for `cfg` (a `launch.presets.RunConfig` with pipeline
     'in_context') in `run_dir`."""
-    from learner.checkpoint import load_policy
-
     ic, seconds = cfg.incontext, {}
     spec = env_spec(cfg.env.env_id)
     train_tasks, held_out = task_split(cfg)
@@ -181,27 +181,44 @@ def run_in_context(cfg, run_dir: Path) -> InContextResult:
                            evaluate_fn=watch)
     seconds["ED training"] = time.perf_counter() - start
 
+    checkpoints = {name: result.checkpoint for name, result in training.items()}
+    result = evaluate_stage(cfg, checkpoints, held_out, run_dir, seconds)
+    result.training = training
+    return result
+
+
+def evaluate_stage(cfg, checkpoints: dict[str, Path], held_out: np.ndarray, out_dir: Path,
+                   seconds: dict[str, float]) -> InContextResult:
+    """Stage 3: AD and ED (`checkpoints`: method -> checkpoint) in context on `held_out`
+    and the source learning those tasks from scratch; the curves go to TensorBoard
+    (`out_dir/<method>`), `out_dir/incontext.png` and `out_dir/incontext.json`, with
+    `seconds` (the earlier stages' times) and this stage's. Runs again on trained
+    checkpoints with other inference settings (`bench.incontext --evaluate_only`)."""
+    from learner.checkpoint import load_policy
+
+    ic = cfg.incontext
     start = time.perf_counter()
     returns = {}
     for name in ("AD", "ED"):
-        model, _ = load_policy(training[name].checkpoint)
+        model, _ = load_policy(checkpoints[name])
         returns[name] = in_context_returns(model, cfg.env.env_id, held_out,
-                                           ic.eval_episodes, cfg.eval.seed)
+                                           ic.eval_episodes, cfg.eval.seed,
+                                           temperature=ic.action_temperature)
     held_out_source = source_histories(cfg, held_out, cfg.eval.seed)
     per_task = history_returns(held_out_source)  # (tasks x histories_per_task, episodes)
     returns["source"] = per_task.reshape(len(held_out), ic.histories_per_task, -1).mean(1)
-    seconds["evaluation"] = time.perf_counter() - start
+    seconds = {**seconds, "evaluation": time.perf_counter() - start}
 
     optimal = optimal_returns(cfg.env.env_id, held_out)
     for name, values in returns.items():
-        log_in_context(run_dir / ROLE_DIRS[name], values, held_out)
+        log_in_context(out_dir / ROLE_DIRS[name], values, held_out)
     random_return = random_policy_returns(cfg.env.env_id, held_out, cfg.eval.seed)
     incontext_curves({name: values.mean(0, keepdims=True) for name, values in returns.items()},
-                     run_dir / "incontext.png", optimal=float(optimal.mean()),
+                     out_dir / "incontext.png", optimal=float(optimal.mean()),
                      random=random_return)
     result = InContextResult(returns=returns, held_out=held_out, optimal=optimal,
-                             random_return=random_return, seconds=seconds, training=training)
-    (run_dir / "incontext.json").write_text(json.dumps(summary(result), indent=1))
+                             random_return=random_return, seconds=seconds, training={})
+    (out_dir / "incontext.json").write_text(json.dumps(summary(result), indent=1))
     return result
 
 
@@ -217,7 +234,8 @@ def in_context_eval(cfg, tasks: np.ndarray):
         training = model.training
         try:
             returns = in_context_returns(model, cfg.env.env_id, tasks,
-                                         cfg.incontext.eval_episodes, cfg.eval.seed)
+                                         cfg.incontext.eval_episodes, cfg.eval.seed,
+                                         temperature=cfg.incontext.action_temperature)
         finally:
             model.train(training)
         curve = returns.mean(0)

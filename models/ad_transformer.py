@@ -193,10 +193,12 @@ class InContextPolicy:
 
     @torch.inference_mode()
     def act(self, observations, greedy: bool = False,
-            generator: torch.Generator | None = None, active=None):
+            generator: torch.Generator | None = None, active=None,
+            temperature: float = 1.0):
         """Append each env's new observation (with its previous action and reward) to its
         context and return the model's action there, (N,) int64: the most likely one if
-        `greedy`, else a sample drawn with `generator`. `active` ((N,) bool, default all)
+        `greedy`, else a sample drawn with `generator` from the policy at `temperature`
+        (its logits divided by it). `active` ((N,) bool, default all)
         names the envs that act: the others' contexts stay as they are and their actions
         are meaningless (an env whose next step is an auto-reset, say)."""
         if self.awaiting_record:
@@ -221,7 +223,8 @@ class InContextPolicy:
         if greedy:
             actions = logits.argmax(-1)
         else:
-            actions = torch.multinomial(logits.softmax(-1), 1, generator=generator)[:, 0]
+            actions = torch.multinomial((logits / temperature).softmax(-1), 1,
+                                        generator=generator)[:, 0]
         self.awaiting_record = True
         return actions.cpu().numpy()
 
