@@ -100,3 +100,30 @@ def test_an_online_objective_or_a_non_grid_env_is_refused_for_the_in_context_pre
             timeout=300)
         assert proc.returncode != 0
         assert expected in proc.stderr, proc.stderr[-2000:]
+
+
+def test_the_benchmark_evaluates_trained_runs_again_with_other_inference_settings(run,
+                                                                               tmp_path):
+    import shutil
+
+    run_dir, _ = run
+    out = tmp_path / "bench"
+    shutil.copytree(run_dir, out / "seed0")
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.incontext", "--seeds=0", f"--out={out}",
+         "--evaluate_only", "--set=incontext.action_temperature=0.25"],
+        cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    again = json.loads((out / "seed0" / "evaluation" / "incontext.json").read_text())
+    assert report["median"]["AD"]["first_episode"] == again["AD"]["first_episode"]
+    assert again["seconds"]["AD training"] == json.loads(
+        (run_dir / "incontext.json").read_text())["seconds"]["AD training"]
+    assert (out / "evaluation" / "incontext.png").is_file()
+    # The source does not depend on AD's inference settings.
+    assert again["source"]["curve"] == json.loads(
+        (run_dir / "incontext.json").read_text())["source"]["curve"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.incontext", "--seeds=0,1", f"--out={out}",
+         "--evaluate_only"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0 and "no trained run for seed(s) 1" in proc.stderr
