@@ -82,10 +82,20 @@ def last_episodes(history: LearningHistory, n: int) -> LearningHistory:
 
 
 def task_split(cfg) -> tuple[np.ndarray, np.ndarray]:
-    """(train, held_out) task indices of the run's grid family."""
+    """(train, held_out) task indices of the run's grid family: the split of
+    `incontext.split_seed`, each side cut to `incontext.max_train_tasks` /
+    `max_eval_tasks` tasks (0: all) drawn with the same seed, sorted."""
+    ic = cfg.incontext
     family = GRID_FAMILIES[cfg.env.env_id]
-    return split_tasks(family.num_tasks, cfg.incontext.held_out_fraction,
-                       cfg.incontext.split_seed)
+    train, held_out = split_tasks(family.num_tasks, ic.held_out_fraction, ic.split_seed)
+    rng = np.random.default_rng(ic.split_seed)
+
+    def cut(tasks: np.ndarray, most: int) -> np.ndarray:
+        if not most or len(tasks) <= most:
+            return tasks
+        return np.sort(rng.choice(tasks, most, replace=False))
+
+    return cut(train, ic.max_train_tasks), cut(held_out, ic.max_eval_tasks)
 
 
 def source_histories(cfg, tasks: np.ndarray, seed: int) -> list[LearningHistory]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import typing
-from dataclasses import asdict, dataclass, field, is_dataclass
+from dataclasses import asdict, dataclass, field, is_dataclass, replace
 from pathlib import Path
 
 from actors.qlearning import QLearningConfig
@@ -144,6 +144,11 @@ class InContextConfig:
     split_seed: int = 0
     """Seed of the train/held-out split; fixed across run seeds, so every seed is
     evaluated on the same held-out tasks."""
+    max_train_tasks: int = 0
+    """Training tasks the source learns (a seeded draw from the training side of the
+    split); 0: all of them. Dark Key-to-Door has 5184."""
+    max_eval_tasks: int = 0
+    """Held-out tasks evaluated (a seeded draw); 0: all of them."""
     histories_per_task: int = 4
     """Source histories recorded per training task, each from scratch."""
     source_episodes: int = 200
@@ -487,6 +492,9 @@ def _pipeline_problems(cfg: RunConfig) -> list[str]:
         problems.append(f"incontext.action_temperature={ic.action_temperature} must be > 0")
     if not 0.0 < ic.held_out_fraction < 1.0:
         problems.append(f"incontext.held_out_fraction={ic.held_out_fraction} must lie in (0, 1)")
+    for name in ("max_train_tasks", "max_eval_tasks"):
+        if getattr(ic, name) < 0:
+            problems.append(f"incontext.{name}={getattr(ic, name)} must be >= 0 (0: all)")
     for name in ("histories_per_task", "source_episodes", "keep_every", "expert_episodes",
                  "eval_episodes"):
         if getattr(ic, name) < 1:
@@ -565,6 +573,16 @@ def ad_darkroom() -> RunConfig:
     )
 
 
+def ad_keytodoor() -> RunConfig:
+    """`ad-keytodoor`: `ad-darkroom` on Dark Key-to-Door (key, then door, 50-step
+    episodes), with 100 of its 5184 training tasks, 16 held out, and 300-episode source
+    histories (the source needs about 200 episodes to reach the optimum of 2)."""
+    cfg = ad_darkroom()
+    return replace(cfg, name="ad-keytodoor", env=EnvConfig(env_id="DarkKeyToDoor-v0"),
+                   incontext=replace(cfg.incontext, max_train_tasks=100, max_eval_tasks=16,
+                                     source_episodes=300, keep_every=6))
+
+
 def locomotion_cpu_preset(robot: str) -> RunConfig:
     """`<robot>-random-cpu`: the D4RL random task at a size 2 CPU cores finish in under
     45 minutes. A recorded uniform-random dataset, the reference online-dt's small
@@ -595,7 +613,8 @@ def locomotion_cpu_preset(robot: str) -> RunConfig:
 
 
 PRESETS = {"quickstart": quickstart, "cartpole": cartpole, "pong": pong,
-           "ad-darkroom": ad_darkroom, "mgdt-atari3": mgdt_atari3}
+           "ad-darkroom": ad_darkroom, "ad-keytodoor": ad_keytodoor,
+           "mgdt-atari3": mgdt_atari3}
 for _robot in ("hopper", "halfcheetah", "walker2d"):
     PRESETS[f"{_robot}-random-cpu"] = (lambda r=_robot: locomotion_cpu_preset(r))
 for _robot in _D4RL_ROBOTS:
