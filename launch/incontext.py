@@ -98,6 +98,13 @@ def task_split(cfg) -> tuple[np.ndarray, np.ndarray]:
     return cut(train, ic.max_train_tasks), cut(held_out, ic.max_eval_tasks)
 
 
+def task_list(tasks: np.ndarray, shown: int = 16) -> str:
+    """'n: a b c ...' with at most `shown` task indices written out (Key-to-Door holds
+    out over a thousand)."""
+    ids = " ".join(map(str, tasks[:shown].tolist()))
+    return f"{len(tasks)}: {ids}" + (" ..." if len(tasks) > shown else "")
+
+
 def source_histories(cfg, tasks: np.ndarray, seed: int) -> list[LearningHistory]:
     """The source's histories on `tasks`, `incontext.histories_per_task` per task, each
     `incontext.source_episodes` episodes long."""
@@ -163,9 +170,8 @@ def run_in_context(cfg, run_dir: Path) -> InContextResult:
     ic, seconds = cfg.incontext, {}
     spec = env_spec(cfg.env.env_id)
     train_tasks, held_out = task_split(cfg)
-    shown = " ".join(map(str, held_out[:16].tolist())) + (" ..." if len(held_out) > 16 else "")
     print(f"in-context pipeline: {cfg.env.env_id}, {len(train_tasks)} training tasks, "
-          f"{len(held_out)} held out: {shown}", flush=True)
+          f"held out {task_list(held_out)}", flush=True)
 
     start = time.perf_counter()
     full = source_histories(cfg, train_tasks, cfg.seed)

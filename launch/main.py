@@ -74,15 +74,9 @@ def saved_pipeline(run_dir: Path) -> str:
     return json.loads(config.read_text()).get("pipeline", "offline_online")
 
 
-def task_list(tasks, shown: int = 16) -> str:
-    """'n: a b c ...' with at most `shown` task indices written out."""
-    ids = " ".join(map(str, tasks[:shown].tolist()))
-    return f"{len(tasks)}: {ids}" + (" ..." if len(tasks) > shown else "")
-
-
 def _in_context(cfg, start: float) -> None:
     """The in-context pipeline (`launch.incontext`): histories, AD and ED, evaluation."""
-    from launch.incontext import run_in_context, summary
+    from launch.incontext import run_in_context, summary, task_list
     from launch.pipeline import save_config, summary_table, tensorboard_command
 
     run_dir = new_run_dir(flags.FLAGS.logdir, cfg.name)
