@@ -215,6 +215,37 @@ def _game_spec(game: str, options: dict) -> EnvSpec:
     return spec
 
 
+class EpisodeBuffers:
+    """The episode so far of each of a `VectorEnv`'s environments, from its auto-reset
+    results: `step` books one step's results and returns the episodes it finished."""
+
+    def __init__(self, frames: np.ndarray):
+        self.buffers = [{"obs": [frame], "act": [], "rew": []} for frame in frames]
+
+    def step(self, actions: np.ndarray, result) -> list[tuple[int, Episode]]:
+        """Book `actions` and the `VectorEnv.step` result they led to; return (env index,
+        Episode) for each episode that ended, its frames (T+1, 1, H, W) uint8, int64
+        actions, raw float32 rewards and its terminated/truncated flags."""
+        finished = []
+        for i in range(len(self.buffers)):
+            if result.is_reset[i]:
+                self.buffers[i] = {"obs": [result.observations[i]], "act": [], "rew": []}
+                continue
+            buffer = self.buffers[i]
+            buffer["act"].append(actions[i])
+            buffer["rew"].append(result.rewards[i])
+            buffer["obs"].append(result.observations[i])
+            if result.done[i]:
+                finished.append((i, Episode(
+                    observations=np.stack(buffer["obs"]),
+                    actions=np.asarray(buffer["act"], np.int64),
+                    rewards=np.asarray(buffer["rew"], np.float32),
+                    terminated=bool(result.terminated[i]),
+                    truncated=bool(result.truncated[i]),
+                )))
+        return finished
+
+
 def _record(env: VectorEnv, policy, tag: str, count: int) -> list[Episode]:
     """Reset every environment of `env` and run it with `policy` until each has finished
     its share of `count` episodes; return them in finishing order."""
@@ -228,33 +259,63 @@ def _record(env: VectorEnv, policy, tag: str, count: int) -> list[Episode]:
     frames = env.reset()
     if reset is not None:
         reset()
-    buffers = [{"obs": [frames[i]], "act": [], "rew": []} for i in range(n)]
+    buffers = EpisodeBuffers(frames)
     while len(done) < count:
         actions = _checked_actions(act(frames), n, env.spec.num_actions, tag)
         result = env.step(actions)
         if record is not None:
             record(actions, result.rewards, result.terminated)
-        for i in range(n):
-            if result.is_reset[i]:
-                buffers[i] = {"obs": [result.observations[i]], "act": [], "rew": []}
-                continue
-            buffer = buffers[i]
-            buffer["act"].append(actions[i])
-            buffer["rew"].append(result.rewards[i])
-            buffer["obs"].append(result.observations[i])
-            if result.done[i] and kept[i] < quota[i]:
+        for i, episode in buffers.step(actions, result):
+            if kept[i] < quota[i]:
                 kept[i] += 1
-                done.append(Episode(
-                    observations=np.stack(buffer["obs"]),  # (T+1, 1, H, W) uint8
-                    actions=np.asarray(buffer["act"], np.int64),
-                    rewards=np.asarray(buffer["rew"], np.float32),
-                    terminated=bool(result.terminated[i]),
-                    truncated=bool(result.truncated[i]),
-                ))
+                done.append(episode)
         if reset is not None and result.is_reset.any():
             reset(np.flatnonzero(result.is_reset))
         frames = result.observations
     return done
+
+
+class GamePlayer:
+    """Plays one game with a `models.mgdt.MultiGamePolicy` (or any policy with the
+    `act`, `record` and `reset` methods of the module docstring), episode after
+    episode: each `play(steps)` goes on where the last one stopped, so an episode may
+    span calls. The online actor of one game in the multi-game pipeline.
+
+        player = GamePlayer(VectorEnv("Pong-v5", 4, seed, options=MGDT_OPTIONS), policy)
+        episodes, transitions = player.play(500)
+    """
+
+    def __init__(self, env: VectorEnv, policy, generator=None):
+        self.env = env
+        self.policy = policy
+        self.generator = generator
+        self.frames: np.ndarray | None = None
+        self.buffers: EpisodeBuffers | None = None
+
+    def play(self, steps: int) -> tuple[list[Episode], int]:
+        """Step every environment until at least `steps` transitions were taken; return
+        the episodes that ended meanwhile, in finishing order, and the transitions."""
+        if self.frames is None:
+            self.frames = self.env.reset()
+            self.policy.reset()
+            self.buffers = EpisodeBuffers(self.frames)
+        n = self.env.num_envs
+        finished: list[Episode] = []
+        taken = 0
+        while taken < steps:
+            actions = _checked_actions(self.policy.act(self.frames, generator=self.generator),
+                                       n, self.env.spec.num_actions, "online")
+            result = self.env.step(actions)
+            self.policy.record(actions, result.rewards, result.terminated)
+            finished.extend(episode for _, episode in self.buffers.step(actions, result))
+            if result.is_reset.any():
+                self.policy.reset(np.flatnonzero(result.is_reset))
+            taken += int(result.is_transition.sum())
+            self.frames = result.observations
+        return finished, taken
+
+    def close(self) -> None:
+        self.env.close()
 
 
 def _checked_actions(actions, n: int, num_actions: int, tag: str) -> np.ndarray:

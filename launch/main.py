@@ -113,9 +113,14 @@ def _multi_game(cfg, start: float) -> None:
     save_config(run_dir, cfg)
     print(f"onramp: preset {cfg.name}, games {', '.join(cfg.multigame.games)}, multi-game "
           f"pipeline, run directory {run_dir}")
-    results, trained, seconds = run_multi_game(cfg, run_dir)
+    results, trained, seconds, online = run_multi_game(cfg, run_dir)
     rows = [("preset", cfg.name),
             ("pretraining", f"{trained.updates} updates, {trained.updates_per_s:.1f} updates/s")]
+    if online:
+        rows.append(("fine-tuning", f"{online['env_steps']} env steps "
+                                    f"({online['env_steps_per_s']:.0f}/s acting), "
+                                    f"{online['updates']} updates "
+                                    f"({online['updates_per_s']:.1f}/s learning)"))
     for game, result in results.items():
         f = result.figures()
         rows.append((game, f"data mean {f['dataset_mean_return']:.1f} (best "
@@ -123,6 +128,13 @@ def _multi_game(cfg, start: float) -> None:
                            f"{f['expert_return']:.1f} ({f['expert_human_normalized']:.1f} HNS); "
                            f"target {f['target_return']:.1f} "
                            f"({f['target_human_normalized']:.1f} HNS)"))
+        if "online_expert_return" in f:
+            rows.append((f"{game} online", f"expert {f['online_expert_return']:.1f} "
+                                           f"({f['online_expert_human_normalized']:.1f} HNS); "
+                                           f"target {f['online_target_return']:.1f} "
+                                           f"({f['online_target_human_normalized']:.1f} HNS); "
+                                           f"actors' mean {f['actor_mean_return']:.1f} over "
+                                           f"{f['actor_episodes']} episodes"))
     for stage, value in seconds.items():
         rows.append((f"time: {stage}", f"{value:.0f} s"))
     rows += [("wall time", f"{time.perf_counter() - start:.0f} s"),

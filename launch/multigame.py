@@ -1,5 +1,5 @@
 """The multi-game pipeline (`RunConfig.pipeline = "multi_game"`): one Multi-Game Decision
-Transformer (Lee et al. 2022) for several Atari games, offline.
+Transformer (Lee et al. 2022) for several Atari games, offline and then online.
 
 Stages, each writing under the run directory:
 
@@ -15,6 +15,19 @@ Stages, each writing under the run directory:
    conditioning on the dataset's best return ('target'); raw and human-normalized
    returns (`replay.atari_scores`), written to `multigame.json` and TensorBoard
    (`eval/<game>/{expert,target}_return`, `..._human_normalized` in `pretrain/`).
+4. `finetune/` (unless `multigame.online_env_steps` is 0): online fine-tuning of the
+   same model on every game at once (`finetune_online`). A Reverb server on
+   127.0.0.1 holds the frame windows (`replay.frame_window`), preloaded with the
+   recorded data; one actor per game (`actors.multigame.GamePlayer`,
+   `multigame.online_envs` envpool environments, expert-action inference, sampled
+   actions) writes its finished episodes, with hindsight returns-to-go, into it; the
+   learner samples batches of every game's windows from it and steps the 'mgdt'
+   objective with ODT's entropy term (`rl=True`). Actors and learner take turns in
+   this process, as ODT's own loop does: every actor plays
+   `multigame.online_round_steps` steps with the newest weights, then the learner makes
+   `replay.updates_per_env_step` updates per step played. Then step 3's evaluation
+   again, on the fine-tuned model (`eval/<game>/...` and `online/<game>/episode_return`
+   in `finetune/`).
 
     python -m launch.main --preset=mgdt-atari3 [--set=multigame.games=...]
 """
@@ -22,8 +35,9 @@ Stages, each writing under the run directory:
 from __future__ import annotations
 
 import json
+import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +45,7 @@ import torch
 
 from actors.envs import MGDT_OPTIONS, VectorEnv
 from actors.multigame import record_games
+from learner.checkpoint import save_checkpoint
 from learner.pretrain import PretrainResult, train_offline
 from learner.tensorboard import SummaryWriter
 from replay.atari_scores import human_normalized
@@ -50,14 +65,23 @@ class GameResult:
     dataset_returns: np.ndarray
     dataset_clipped_returns: np.ndarray
     returns: dict[str, np.ndarray]
+    online_returns: dict[str, np.ndarray] = field(default_factory=dict)
+    """The evaluation returns per mode after online fine-tuning (empty without it)."""
+    actor_returns: list[float] = field(default_factory=list)
+    """The returns of the episodes the game's actor played while fine-tuning."""
 
     def figures(self) -> dict:
         out = {"dataset_mean_return": float(self.dataset_returns.mean()),
                "dataset_best_return": float(self.dataset_returns.max()),
                "dataset_episodes": len(self.dataset_returns)}
-        for mode, values in self.returns.items():
-            out[f"{mode}_return"] = float(values.mean())
-            out[f"{mode}_human_normalized"] = human_normalized(self.game, float(values.mean()))
+        for prefix, returns in (("", self.returns), ("online_", self.online_returns)):
+            for mode, values in returns.items():
+                out[f"{prefix}{mode}_return"] = float(values.mean())
+                out[f"{prefix}{mode}_human_normalized"] = human_normalized(
+                    self.game, float(values.mean()))
+        if self.actor_returns:
+            out["actor_episodes"] = len(self.actor_returns)
+            out["actor_mean_return"] = float(np.mean(self.actor_returns))
         out["dataset_mean_human_normalized"] = human_normalized(self.game,
                                                                 out["dataset_mean_return"])
         return out
@@ -101,9 +125,11 @@ def play(model, game: str, episodes: int, seed: int, options: dict, mode: str,
     return returns
 
 
-def run_multi_game(cfg, run_dir: Path) -> tuple[dict[str, GameResult], PretrainResult, dict]:
-    """The three stages for `cfg` (pipeline 'multi_game') in `run_dir`: per game its
-    result, the pretraining result, and seconds per stage."""
+def run_multi_game(cfg, run_dir: Path
+                   ) -> tuple[dict[str, GameResult], PretrainResult, dict, dict]:
+    """The stages for `cfg` (pipeline 'multi_game') in `run_dir`: per game its result,
+    the pretraining result, seconds per stage, and the online stage's figures
+    (`finetune_online`; empty when `multigame.online_env_steps` is 0)."""
     from learner.checkpoint import load_policy
 
     mg, seconds = cfg.multigame, {}
@@ -137,21 +163,153 @@ def run_multi_game(cfg, run_dir: Path) -> tuple[dict[str, GameResult], PretrainR
 
     start = time.perf_counter()
     model, _ = load_policy(trained.checkpoint)
-    with SummaryWriter(run_dir / "pretrain") as writer:
-        for game, result in results.items():
-            best = float(result.dataset_clipped_returns.max())
-            result.returns["expert"] = play(model, game, mg.eval_episodes, cfg.eval.seed,
-                                            options, "expert", kappa=mg.kappa)
-            result.returns["target"] = play(model, game, mg.eval_episodes, cfg.eval.seed,
-                                            options, "target", target_return=best)
-            for mode, values in result.returns.items():
-                writer.scalars({f"eval/{game}/{mode}_return": float(values.mean()),
-                                f"eval/{game}/{mode}_human_normalized":
-                                    human_normalized(game, float(values.mean()))},
-                               trained.updates)
+    evaluate_games(cfg, model, results, "returns", run_dir / "pretrain", trained.updates)
     seconds["evaluation"] = time.perf_counter() - start
+    online = {}
+    if mg.online_env_steps:
+        start = time.perf_counter()
+        online = finetune_online(cfg, run_dir, trained.checkpoint, results)
+        seconds["finetuning"] = time.perf_counter() - start
+        start = time.perf_counter()
+        model, _ = load_policy(run_dir / "finetune" / "checkpoint.pt")
+        evaluate_games(cfg, model, results, "online_returns", run_dir / "finetune",
+                       online["env_steps"])
+        seconds["online_evaluation"] = time.perf_counter() - start
     (run_dir / "multigame.json").write_text(json.dumps(
         {"games": {game: result.figures() for game, result in results.items()},
          "seconds": {k: round(v, 1) for k, v in seconds.items()},
-         "pretraining_updates_per_s": trained.updates_per_s}, indent=1))
-    return results, trained, seconds
+         "pretraining_updates_per_s": trained.updates_per_s,
+         "online": online}, indent=1))
+    return results, trained, seconds, online
+
+
+def evaluate_games(cfg, model, results: dict[str, GameResult], field_name: str,
+                   logdir: Path, step: int) -> None:
+    """Play every game in both modes ('expert' with kappa `multigame.kappa`, 'target'
+    on the dataset's best clipped return) and store the returns in each result's
+    `field_name` dict; TensorBoard `eval/<game>/<mode>_return` and
+    `..._human_normalized` at `step` in `logdir`."""
+    mg, options = cfg.multigame, env_options(cfg)
+    with SummaryWriter(logdir) as writer:
+        for game, result in results.items():
+            best = float(result.dataset_clipped_returns.max())
+            returns = getattr(result, field_name)
+            returns["expert"] = play(model, game, mg.eval_episodes, cfg.eval.seed, options,
+                                     "expert", kappa=mg.kappa)
+            returns["target"] = play(model, game, mg.eval_episodes, cfg.eval.seed, options,
+                                     "target", target_return=best)
+            for mode, values in returns.items():
+                writer.scalars({f"eval/{game}/{mode}_return": float(values.mean()),
+                                f"eval/{game}/{mode}_human_normalized":
+                                    human_normalized(game, float(values.mean()))}, step)
+
+
+def online_spec(cfg, preload_items: int):
+    """The Reverb experience table of the online stage: frame windows of
+    `model.context_len` steps, `multigame.replay_capacity_steps` of them (FIFO), sampled
+    `replay.updates_per_env_step` x batch times per step played; the rate limiter's
+    slack is one round of every game, so the turn-taking loop never waits on it."""
+    from replay.tables import ReplaySpec
+
+    mg = cfg.multigame
+    return ReplaySpec(
+        observation_shape=tuple(cfg.model.frame_shape), action_shape=(),
+        context_len=cfg.model.context_len, capacity_items=mg.replay_capacity_steps,
+        samples_per_insert=cfg.replay.updates_per_env_step * cfg.optim.batch_size,
+        tolerance_steps=float(2 * mg.online_round_steps * len(mg.games) + 1),
+        preload_items=preload_items, item_format="frame_window", observation_dtype="uint8",
+        action_dtype="int32")
+
+
+def finetune_online(cfg, run_dir: Path, checkpoint: Path,
+                    results: dict[str, GameResult]) -> dict:
+    """Stage 4 (module docstring): fine-tune the pretrained model online on every game
+    until `multigame.online_env_steps` steps (all games together) were played. Writes
+    `finetune/checkpoint.pt` and TensorBoard; fills each result's `actor_returns`;
+    returns the stage's figures (env steps, updates, updates/s, env steps/s, the
+    replay server's memory)."""
+    from actors.multigame import GamePlayer
+    from learner.checkpoint import learner_payload, load_checkpoint
+    from learner.device import resolve_device, to_device
+    from learner.finetune import learner_from_checkpoint
+    from models.mgdt import MultiGamePolicy
+    from replay.formats import item_format
+    from replay.multigame import load_multigame
+    from replay.tables import start_server, table_counts
+
+    mg, options = cfg.multigame, env_options(cfg)
+    logdir = run_dir / "finetune"
+    device = resolve_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    learner = learner_from_checkpoint(load_checkpoint(checkpoint, map_location=device),
+                                      cfg.objective, cfg.optim, device, cfg.compute)
+    data = load_multigame(run_dir / "data")
+    preload = sum(len(t.episode.actions) for game in mg.games for t in data[game])
+    spec = online_spec(cfg, preload)
+    fmt = item_format("frame_window")
+    rss_before = rss_mib()
+    server = start_server(spec)
+    address = f"127.0.0.1:{server.port}"
+    writer = SummaryWriter(logdir)
+    players: list[GamePlayer] = []
+    try:
+        with fmt.writer(address, spec) as frames_writer:
+            for g, game in enumerate(mg.games):
+                for tagged in data[game]:
+                    frames_writer.write(tagged.episode, g)
+            del data
+            preloaded_mib = rss_mib() - rss_before
+            generator = torch.Generator(device=device).manual_seed(cfg.seed + 1)
+            for g, game in enumerate(mg.games):
+                policy = MultiGamePolicy(learner.model, mg.online_envs, mode="expert",
+                                         kappa=mg.kappa)
+                env = VectorEnv(game, mg.online_envs, cfg.seed * 1000 + 500 + g, options=options)
+                players.append(GamePlayer(env, policy, generator))
+            batches = fmt.batches(address, spec, cfg.optim.batch_size,
+                                  rate_limiter_timeout_ms=600_000)
+            env_steps = updates = 0
+            act_s = learn_s = 0.0
+            while env_steps < mg.online_env_steps:
+                start = time.perf_counter()
+                for g, (game, player) in enumerate(zip(mg.games, players)):
+                    episodes, taken = player.play(mg.online_round_steps)
+                    for episode in episodes:
+                        frames_writer.write(episode, g)
+                        results[game].actor_returns.append(episode.ret)
+                        writer.scalar(f"online/{game}/episode_return", episode.ret,
+                                      env_steps + taken)
+                    env_steps += taken
+                act_s += time.perf_counter() - start
+                start = time.perf_counter()
+                due = int(env_steps * cfg.replay.updates_per_env_step) - updates
+                for _ in range(due):
+                    out = learner.update(to_device(next(batches), device), rl=True)
+                    updates += 1
+                    if updates % cfg.pretrain.log_every == 0:
+                        writer.scalars({k: float(v) for k, v in out.items()}, learner.step)
+                learn_s += time.perf_counter() - start
+                writer.scalars({"online/env_steps": env_steps, "online/updates": updates,
+                                "online/replay_size": table_counts(address)["size"]},
+                               env_steps)
+        final_size, final_mib = table_counts(address)["size"], rss_mib()
+        save_checkpoint(logdir / "checkpoint.pt",
+                        learner_payload(learner, updates=learner.step, env_steps=env_steps,
+                                        run_config=cfg.to_dict()))
+    finally:
+        for player in players:
+            player.close()
+        writer.close()
+        server.stop()
+    return {"env_steps": env_steps, "updates": updates,
+            "env_steps_per_s": env_steps / max(act_s, 1e-9),
+            "updates_per_s": updates / max(learn_s, 1e-9),
+            "acting_s": round(act_s, 1), "learning_s": round(learn_s, 1),
+            "preloaded_steps": preload, "replay_size": final_size,
+            "preload_rss_mib": round(preloaded_mib, 1),
+            "final_rss_growth_mib": round(final_mib - rss_before, 1)}
+
+
+def rss_mib() -> float:
+    """This process's resident memory now, in MiB (Linux /proc)."""
+    pages = int(Path("/proc/self/statm").read_text().split()[1])
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20

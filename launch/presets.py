@@ -193,6 +193,15 @@ class MultiGameConfig:
     kappa: float = 10.0
     """Optimality weight of expert-action inference: returns sampled from the predicted
     distribution reweighted by exp(kappa x normalized return)."""
+    online_env_steps: int = 30_000
+    """Online fine-tuning budget in environment steps, all games together; 0 skips the
+    online stage."""
+    online_envs: int = 4
+    """Environments of each game's actor while fine-tuning."""
+    online_round_steps: int = 500
+    """Steps each game's actor plays with the newest weights before the learner's turn."""
+    replay_capacity_steps: int = 200_000
+    """Frame windows (steps) the online replay table holds, preload included (FIFO)."""
 
 
 PIPELINES = ("offline_online", "in_context", "multi_game")
@@ -523,12 +532,16 @@ def _multigame_problems(cfg: RunConfig) -> list[str]:
             not isinstance(n, int) or n < 1 for n in mg.episodes_per_policy.values()):
         problems.append(f"multigame.episodes_per_policy={mg.episodes_per_policy} must map "
                         "policy tags to episode counts >= 1")
-    for name in ("record_envs", "eval_episodes"):
+    for name in ("record_envs", "eval_episodes", "online_envs", "online_round_steps",
+                 "replay_capacity_steps"):
         if getattr(mg, name) < 1:
             problems.append(f"multigame.{name}={getattr(mg, name)} must be >= 1")
     if mg.max_steps_per_episode < 0:
         problems.append(f"multigame.max_steps_per_episode={mg.max_steps_per_episode} must "
                         "be >= 0 (0: envpool's limit)")
+    if mg.online_env_steps < 0:
+        problems.append(f"multigame.online_env_steps={mg.online_env_steps} must be >= 0 "
+                        "(0: no online fine-tuning)")
     return problems
 
 
@@ -548,7 +561,7 @@ def mgdt_atari3() -> RunConfig:
         pretrain=PretrainConfig(updates=2000, log_every=100, eval_every=0,
                                 checkpoint_every=1000),
         eval=EvalConfig(episodes=4, context_len=4),
-        replay=ReplayConfig(item_format="frame_window"),
+        replay=ReplayConfig(item_format="frame_window", updates_per_env_step=0.1),
         pipeline="multi_game",
         multigame=MultiGameConfig(),
     )

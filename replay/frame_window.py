@@ -25,15 +25,17 @@ draws each game equally often whatever its size, then a step of it uniformly, fo
 recordings whose games differ in size (a fixed number of episodes per game gives Pong
 several times Breakout's steps).
 
-The format trains offline only for now: the online multi-game path (actors of several
-games writing into Reverb) comes later, so there is no Reverb writer or stream;
-`stored_shapes` describes the item. Numpy only.
+Online, `FrameWindowWriter` writes finished episodes into the Reverb experience table
+(each frame stored once, one item per step, the game index a per-item column) and
+`FrameWindows.batches` samples them back as the same windows. The in-memory parts are
+numpy only; the Reverb parts import it when used.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Self
 
 import numpy as np
 
@@ -45,9 +47,6 @@ from replay.windows import returns_to_go
 
 REWARD_CLIP = 1.0
 """Rewards are clipped to [-REWARD_CLIP, REWARD_CLIP] in windows (MGDT, as DQN)."""
-OFFLINE_ONLY = ("frame_window trains offline only for now: the online multi-game path "
-                "(actors of several games writing into Reverb) comes later; use the "
-                "in-memory sampler (offline_sampler)")
 FRAME_WINDOW_KEYS = ("observations", "actions", "returns_to_go", "rewards", "terminals",
                      "mask", "game")
 """The keys of a batch of frame windows."""
@@ -116,38 +115,12 @@ def concat_games(episodes_by_game: Mapping[str, Sequence[Episode | tuple[Episode
         ranges[g, 0] = offset
         for index, item in enumerate(episodes_by_game.get(game, ())):
             episode = item if isinstance(item, Episode) else item[0]
-            name = f"game {game} episode {index}"
-            frames = np.asarray(episode.observations)
-            if frames.dtype != np.uint8 or frames.ndim != 4:
-                raise ValueError(f"{name}: observations must be uint8 frames (T+1, C, H, W), "
-                                 f"got {frames.dtype} of shape {frames.shape}")
-            if frame_shape is None:
-                frame_shape = frames.shape[1:]
-            elif frames.shape[1:] != frame_shape:
-                raise ValueError(f"{name}: frames of shape {frames.shape[1:]} differ from the "
-                                 f"first episode's {frame_shape}")
-            actions = np.asarray(episode.actions)
-            n = len(actions)
-            if n == 0:
-                raise ValueError(f"{name} has no steps")
-            if len(frames) != n + 1 or np.shape(episode.rewards) != (n,):
-                raise ValueError(f"{name}: {len(frames)} frames, {n} actions and rewards of "
-                                 f"shape {np.shape(episode.rewards)}; expected T+1, T and (T,)")
-            if actions.ndim != 1 or not np.issubdtype(actions.dtype, np.integer):
-                raise ValueError(f"{name}: actions must be (T,) integer indices, got "
-                                 f"{actions.dtype} of shape {actions.shape}")
-            if actions.min() < 0 or actions.max() >= num_actions:
-                raise ValueError(f"{name}: actions span [{actions.min()}, {actions.max()}], "
-                                 f"outside [0, num_actions={num_actions})")
-            rewards = np.clip(np.asarray(episode.rewards, np.float32), -REWARD_CLIP,
-                              REWARD_CLIP)
-            terminals = np.zeros(n, np.float32)
-            terminals[-1] = float(bool(episode.terminated))
-            parts["observations"].append(frames[:-1])
-            parts["actions"].append(actions.astype(np.int64))
-            parts["rewards"].append(rewards)
-            parts["returns_to_go"].append(returns_to_go(rewards))
-            parts["terminals"].append(terminals)
+            columns = episode_columns(episode, f"game {game} episode {index}", num_actions,
+                                      frame_shape)
+            frame_shape = columns["observations"].shape[1:]
+            n = len(columns["actions"])
+            for name in ("observations", "actions", "rewards", "returns_to_go", "terminals"):
+                parts[name].append(columns[name])
             parts["episode_start"].append(np.full(n, offset, np.int64))
             parts["game"].append(np.full(n, g, np.int64))
             offset += n
@@ -156,6 +129,45 @@ def concat_games(episodes_by_game: Mapping[str, Sequence[Episode | tuple[Episode
         raise ValueError("concat_games needs at least one episode with a step")
     joined = {name: np.concatenate(values) for name, values in parts.items()}
     return GameSteps(games=games, game_ranges=ranges, **joined)
+
+
+def episode_columns(episode: Episode, name: str, num_actions: int = NUM_ATARI_ACTIONS,
+                    frame_shape: tuple[int, ...] | None = None) -> dict[str, np.ndarray]:
+    """One episode's per-step columns as windows hold them: observations (T, C, H, W)
+    uint8 (the frame each action was taken in; the final frame is dropped), actions
+    (T,) int64, rewards clipped to [-1, 1], returns_to_go of the clipped rewards and
+    terminals (1 on the last step of a terminated episode), (T,) float32 each.
+
+    ValueError, naming the episode by `name`, when frames are not uint8 (T+1, C, H, W)
+    (of `frame_shape` when given), the episode has no steps, or actions are not
+    integer indices in [0, num_actions).
+    """
+    frames = np.asarray(episode.observations)
+    if frames.dtype != np.uint8 or frames.ndim != 4:
+        raise ValueError(f"{name}: observations must be uint8 frames (T+1, C, H, W), "
+                         f"got {frames.dtype} of shape {frames.shape}")
+    if frame_shape is not None and frames.shape[1:] != tuple(frame_shape):
+        raise ValueError(f"{name}: frames of shape {frames.shape[1:]} differ from the "
+                         f"first episode's {tuple(frame_shape)}")
+    actions = np.asarray(episode.actions)
+    n = len(actions)
+    if n == 0:
+        raise ValueError(f"{name} has no steps")
+    if len(frames) != n + 1 or np.shape(episode.rewards) != (n,):
+        raise ValueError(f"{name}: {len(frames)} frames, {n} actions and rewards of "
+                         f"shape {np.shape(episode.rewards)}; expected T+1, T and (T,)")
+    if actions.ndim != 1 or not np.issubdtype(actions.dtype, np.integer):
+        raise ValueError(f"{name}: actions must be (T,) integer indices, got "
+                         f"{actions.dtype} of shape {actions.shape}")
+    if actions.min() < 0 or actions.max() >= num_actions:
+        raise ValueError(f"{name}: actions span [{actions.min()}, {actions.max()}], "
+                         f"outside [0, num_actions={num_actions})")
+    rewards = np.clip(np.asarray(episode.rewards, np.float32), -REWARD_CLIP, REWARD_CLIP)
+    terminals = np.zeros(n, np.float32)
+    terminals[-1] = float(bool(episode.terminated))
+    return {"observations": frames[:-1], "actions": actions.astype(np.int64),
+            "rewards": rewards, "returns_to_go": returns_to_go(rewards),
+            "terminals": terminals}
 
 
 def gather_frame_windows(steps: GameSteps, ends: np.ndarray,
@@ -214,6 +226,56 @@ class FrameSampler(OfflineSampler):
         return self.gather(self.steps, ends, self.context_len)
 
 
+class FrameWindowWriter:
+    """Writes finished Atari episodes into the experience table as frame windows, one
+    item per step (`FrameWindows.stored_shapes`), through `replay.writer.WindowWriter`:
+    each frame is stored once, however many windows hold it. A sampled item equals
+    `gather_frame_windows` of the same episode at the same step.
+
+        with FrameWindowWriter(address, spec) as writer:
+            writer.write(episode, game=1)   # a replay.datasets.Episode of game 1
+
+    `num_actions` bounds the action indices (the full Atari set by default). Blocking
+    on the rate limiter and `close` as `WindowWriter`.
+    """
+
+    def __init__(self, client_or_address, spec, num_actions: int = NUM_ATARI_ACTIONS,
+                 **options):
+        from replay.writer import WindowWriter
+
+        shapes = FrameWindows().stored_shapes(spec)
+        # Every column but `game` is stored per step; an item's game is its last step's.
+        step_shapes = {name: (shape[1:] if name != "game" else shape, dtype)
+                       for name, (shape, dtype) in shapes.items()}
+        self._frame_shape = tuple(spec.observation_shape)
+        self._num_actions = num_actions
+        self._writer = WindowWriter(client_or_address, spec.context_len, step_shapes,
+                                    last_step_columns=("game",), **options)
+
+    @property
+    def items_written(self) -> int:
+        return self._writer.items_written
+
+    def write(self, episode: Episode, game: int) -> int:
+        """Write one episode of game index `game` as one window per step; return the
+        count. ValueError names what is wrong with the episode (`episode_columns`)."""
+        columns = episode_columns(episode, f"episode of game {game}", self._num_actions,
+                                  self._frame_shape)
+        n = len(columns["actions"])
+        columns["mask"] = np.ones(n, np.float32)
+        columns["game"] = np.full(n, game, np.int64)
+        return self._writer._write_columns(columns, n)
+
+    def close(self, timeout_ms: int = 10_000) -> None:
+        self._writer.close(timeout_ms)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+
 class FrameWindows(ItemFormat):
     """One item per step of an Atari episode: the T steps of its episode ending there,
     left-padded, with the episode's game index."""
@@ -233,10 +295,12 @@ class FrameWindows(ItemFormat):
         }
 
     def writer(self, client_or_address, spec):
-        raise NotImplementedError(OFFLINE_ONLY)
+        return FrameWindowWriter(client_or_address, spec)
 
     def batches(self, address, spec, batch_size, **options):
-        raise NotImplementedError(OFFLINE_ONLY)
+        from replay.stream import item_batches
+
+        return item_batches(address, self.stored_shapes(spec), batch_size, **options)
 
     def offline_sampler(self, steps, context_len, batch_size, seed=0, balance_games=False):
         return FrameSampler(steps, context_len, batch_size, seed=seed,

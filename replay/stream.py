@@ -3,7 +3,8 @@
 `reverb.TrajectoryDataset` samples in C++ worker threads and batches in tf.data, so
 the learner's Python loop only receives finished numpy batches. Each batch is a
 dict of WINDOW_COLUMNS arrays with leading shape (batch_size, K), unpacked from the
-table's stored columns (`replay.windows.StoredSteps`).
+table's stored columns (`replay.windows.StoredSteps`). `item_batches` samples any
+item format's stored columns as they are.
 """
 
 from __future__ import annotations
@@ -20,9 +21,19 @@ STREAM_ERRORS = (tf.errors.OpError, RuntimeError)
 (the rate limiter held it past its timeout); callers catch these without importing TF."""
 
 
-def window_batches(
+def window_batches(address: str, spec: ReplaySpec, batch_size: int,
+                   **options) -> Iterator[dict[str, np.ndarray]]:
+    """Yield batches of `batch_size` episode windows (WINDOW_COLUMNS) sampled from the
+    experience table at `address`, unpacked from its stored columns; `options` as
+    `item_batches`."""
+    stored = stored_steps(spec)
+    for data in item_batches(address, stored.shapes(spec.context_len), batch_size, **options):
+        yield stored.unpack(data)
+
+
+def item_batches(
     address: str,
-    spec: ReplaySpec,
+    shapes: dict[str, tuple[tuple[int, ...], type]],
     batch_size: int,
     *,
     table: str = EXPERIENCE_TABLE,
@@ -31,7 +42,8 @@ def window_batches(
     prefetch: int = 2,
     rate_limiter_timeout_ms: int = -1,
 ) -> Iterator[dict[str, np.ndarray]]:
-    """Yield batches of `batch_size` windows sampled from `table` at `address`.
+    """Yield batches of `batch_size` items sampled from `table` at `address`, as stored:
+    column -> array of shape (batch_size, *shapes[column][0]).
 
     max_in_flight_samples_per_worker: samples each worker requests ahead
         (default 2 * batch_size, Reverb's rule of thumb). These, and the `prefetch`
@@ -46,8 +58,6 @@ def window_batches(
         raise ValueError(f"{batch_size=} must be >= 1")
     if max_in_flight_samples_per_worker is None:
         max_in_flight_samples_per_worker = 2 * batch_size
-    stored = stored_steps(spec)
-    shapes = stored.shapes(spec.context_len)
     dataset = reverb.TrajectoryDataset(
         server_address=address,
         table=table,
@@ -59,4 +69,4 @@ def window_batches(
     )
     dataset = dataset.batch(batch_size, drop_remainder=True).prefetch(prefetch)
     for sample in dataset.as_numpy_iterator():
-        yield stored.unpack(sample.data)
+        yield sample.data

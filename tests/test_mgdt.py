@@ -4,6 +4,7 @@ scores (replay.atari_scores), on tiny models."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 
 import numpy as np
@@ -138,6 +139,73 @@ def test_reward_classes():
     assert encode_reward(rewards).tolist() == [0, 1, 3, 1, 0, 3]
     assert encode_reward(rewards, terminal).tolist() == [0, 1, 3, 2, 2, 3]
     assert encode_reward(np.array([2.0, -3.0]), np.array([False, False])).tolist() == [1, 3]
+
+
+def slow_bucket(r: float, low: int, high: int) -> int:
+    """The return bucket by its definition, one Python number at a time."""
+    whole = math.trunc(r) if math.isfinite(r) else (high if r > 0 else low)
+    return min(max(whole, low), high) - low
+
+
+def slow_reward_class(r: float, terminal: bool) -> int:
+    if terminal:
+        return 2
+    return 1 if r > 0 else 3 if r < 0 else 0
+
+
+@pytest.mark.parametrize("low, high", [(-20, 100), (0, 3), (-5, 7)])
+def test_return_and_reward_quantisation_match_a_slow_reference_at_the_edges(low, high):
+    """Every bucket edge, just below and above it, half-way between, beyond both ends and
+    at +-inf: encode_return equals the definition computed one number at a time, and
+    the reward classes equal theirs around 0 and on terminal steps."""
+    edges = np.arange(low - 2, high + 3, dtype=np.float64)
+    values = np.concatenate([edges, edges - 0.5, edges + 0.5, edges - 1e-4, edges + 1e-4,
+                             [-0.0, np.inf, -np.inf]])
+    for dtype in (torch.float32, torch.float64):
+        tensor = torch.as_tensor(values, dtype=dtype)
+        expected = [slow_bucket(float(v), low, high) for v in tensor.tolist()]
+        assert encode_return(tensor, low, high).tolist() == expected, dtype
+        assert ReturnBuckets(low, high).encode(tensor).tolist() == expected
+    integers = torch.arange(low - 3, high + 4)
+    assert encode_return(integers, low, high).tolist() == [
+        slow_bucket(int(v), low, high) for v in integers]
+    rewards = torch.tensor([0.0, -0.0, 1e-6, -1e-6, 1.0, -1.0, 0.5, 3.0, -7.0] * 2)
+    terminal = torch.tensor([False] * 9 + [True] * 9)
+    assert encode_reward(rewards, terminal).tolist() == [
+        slow_reward_class(r, t) for r, t in zip(rewards.tolist(), terminal.tolist())]
+
+
+def test_expert_inference_with_kappa_zero_is_sampling_from_the_model():
+    """kappa 0, temperature 1 and one sample draw exactly what multinomial sampling from
+    the model's return distribution draws with the same random stream, in the policy
+    too: its return token is that draw, and its action a draw from the action logits
+    given that token."""
+    g = torch.Generator().manual_seed(3)
+    logits = torch.randn(5, 7, 121, generator=g) * 3
+    drawn = expert_return(logits, kappa=0.0, temperature=1.0, num_samples=1,
+                          generator=torch.Generator().manual_seed(11))
+    reference = torch.multinomial(logits.reshape(-1, 121).softmax(-1), 1,
+                                  generator=torch.Generator().manual_seed(11)).reshape(5, 7)
+    assert torch.equal(drawn, reference)
+
+    model = tiny_model().eval()
+    policy = MultiGamePolicy(model, 2, mode="expert", kappa=0.0, return_temperature=1.0,
+                             num_return_samples=1)
+    frames = torch.randint(0, 256, (2, *MODEL.frame_shape), generator=g, dtype=torch.uint8)
+    actions = policy.act(frames, generator=torch.Generator().manual_seed(5))
+    # The same step by hand: the return token sampled from the model, then the action.
+    stream = torch.Generator().manual_seed(5)
+    inputs = [torch.zeros(2, T, *MODEL.frame_shape, dtype=torch.uint8),
+              torch.zeros(2, T, dtype=torch.long), torch.zeros(2, T, dtype=torch.long),
+              torch.zeros(2, T, dtype=torch.long), torch.zeros(2, T)]
+    inputs[0][:, -1] = frames
+    inputs[4][:, -1] = 1.0
+    return_logits = predict(model, *inputs).return_logits[:, -1].float()
+    inputs[1][:, -1] = torch.multinomial(return_logits.softmax(-1), 1, generator=stream)[:, 0]
+    assert torch.equal(policy.return_buckets[:, -1], inputs[1][:, -1])
+    action_logits = predict(model, *inputs).action_logits[:, -1].float()
+    expected = torch.multinomial(action_logits.softmax(-1), 1, generator=stream)[:, 0]
+    assert actions.tolist() == expected.tolist()
 
 
 # ---- attention ---------------------------------------------------------------------------

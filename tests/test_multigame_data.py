@@ -390,26 +390,76 @@ def test_a_given_game_list_keeps_indices_for_games_without_data():
         concat_games(bad)
 
 
-def test_the_frame_window_format_is_registered_and_trains_offline_only(recorded):
+def test_the_frame_window_format_is_registered_with_its_shapes(recorded):
     fmt = item_format("frame_window")
     assert isinstance(fmt, FrameWindows) and fmt.key == "frame_window"
     steps = concat_games(recorded)
     assert isinstance(steps, GameSteps) and steps.games == ("Breakout-v5", "Pong-v5")
     batch = fmt.offline_sampler(steps, context_len=4, batch_size=3, seed=0).sample()
-
-    class Spec:
-        context_len, observation_shape = 4, (1, 84, 84)
-
-    shapes = fmt.stored_shapes(Spec())
+    shapes = fmt.stored_shapes(frame_spec(4))
     assert set(shapes) == set(batch) == set(FRAME_WINDOW_KEYS)
     for key, (shape, dtype) in shapes.items():
         assert batch[key].shape == (3, *shape) and batch[key].dtype == dtype, key
-    for call in (lambda: fmt.writer("localhost:1", Spec()),
-                 lambda: fmt.batches("localhost:1", Spec(), 3)):
-        with pytest.raises(NotImplementedError, match="frame_window trains offline only"):
-            call()
     with pytest.raises(TypeError, match="concat_games"):
         fmt.offline_sampler(object(), 4, 3)
+
+
+def frame_spec(context_len: int, **overrides):
+    from replay.tables import ReplaySpec
+
+    fields = {"observation_shape": (1, 84, 84), "action_shape": (), "context_len": context_len,
+              "capacity_items": 1000, "samples_per_insert": 1.0, "tolerance_steps": 10_000,
+              "item_format": "frame_window", "observation_dtype": "uint8",
+              "action_dtype": "int32"}
+    return ReplaySpec(**(fields | overrides))
+
+
+def numbered_episode(first: int, length: int, terminated: bool) -> Episode:
+    """Frames whose pixels are first + t (naming a window by its last step), actions
+    t % 18, rewards in {-2, 0, 1} (clipped to [-1, 1] in windows)."""
+    t = np.arange(length + 1)
+    frames = np.broadcast_to((first + t).astype(np.uint8)[:, None, None, None],
+                             (length + 1, 1, 84, 84)).copy()
+    return Episode(observations=frames, actions=(t[:length] % 18).astype(np.int64),
+                   rewards=np.array([(-2.0, 0.0, 1.0)[i % 3] for i in range(length)],
+                                    np.float32),
+                   terminated=terminated, truncated=not terminated)
+
+
+def test_reverb_frame_windows_equal_the_in_memory_windows():
+    """Episodes of two games written through the format's Reverb writer come back from
+    its batches exactly as `gather_frame_windows` cuts them: padding, clipped rewards,
+    returns-to-go, terminals and the game index."""
+    from replay.tables import start_server, table_counts
+
+    T = 4
+    episodes = {"Breakout-v5": [numbered_episode(0, 3, True), numbered_episode(3, 9, False)],
+                "Pong-v5": [numbered_episode(100, 6, True)]}
+    steps = concat_games(episodes, games=("Breakout-v5", "Pong-v5"))
+    spec = frame_spec(T)
+    fmt = item_format("frame_window")
+    server = start_server(spec)
+    address = f"localhost:{server.port}"
+    try:
+        with fmt.writer(address, spec) as writer:
+            for g, game in enumerate(steps.games):
+                for episode in episodes[game]:
+                    assert writer.write(episode, game=g) == len(episode.actions)
+        assert table_counts(address)["size"] == len(steps) == 18
+        seen = set()
+        batches = fmt.batches(address, spec, batch_size=16, rate_limiter_timeout_ms=30_000)
+        for _, batch in zip(range(20), batches):
+            for b in range(16):
+                pixel = batch["observations"][b, -1, 0, 0, 0]
+                index = np.flatnonzero(steps.observations[:, 0, 0, 0] == pixel)
+                assert len(index) == 1
+                expected = gather_frame_windows(steps, index, T)
+                for key in FRAME_WINDOW_KEYS:
+                    np.testing.assert_array_equal(batch[key][b], expected[key][0], err_msg=key)
+                seen.add(int(index[0]))
+        assert len(seen) > 12  # most of the 18 windows were drawn
+    finally:
+        server.stop()
 
 
 def test_recorded_windows_feed_the_mgdt_and_its_policy_records_a_game(recorded):
@@ -436,3 +486,33 @@ def test_recorded_windows_feed_the_mgdt_and_its_policy_records_a_game(recorded):
     played = record_games(["Breakout-v5"], {"online-best": 2}, seed=1, max_steps_per_episode=8,
                           num_envs=2, policies={"online-best": policy})["Breakout-v5"]
     assert [(e.length, tag) for e, tag in played] == [(8, "online-best")] * 2
+
+
+def test_a_mixed_game_batch_trains_the_mgdt_learner(recorded):
+    """One batch holding windows of both games, padded and unpadded, goes through the
+    learner's offline and online updates as it comes from the sampler: every metric
+    finite, the weights changed, no per-game handling anywhere."""
+    torch = pytest.importorskip("torch")
+    from learner.config import ObjectiveConfig, OptimConfig
+    from learner.learner import Learner
+    from models import ModelConfig
+
+    cfg = ModelConfig(state_dim=84 * 84, act_dim=18, context_len=4, embed_dim=16, n_layer=1,
+                      n_head=1, ffn_dim=32, dropout=0.0, kind="multi_game_dt",
+                      action_kind="discrete", frame_shape=(1, 84, 84))
+    steps = concat_games(recorded)
+    # Per game: an episode's first step (3 padded positions), its second, and a later one.
+    ends = np.concatenate([start + np.array([0, 1, 20, 30]) for start in steps.game_ranges[:, 0]])
+    batch = {k: torch.as_tensor(v) for k, v in gather_frame_windows(steps, ends, 4).items()}
+    assert batch["game"].tolist() == [0] * 4 + [1] * 4
+    assert batch["mask"].sum(1).tolist() == [1, 2, 4, 4] * 2
+    torch.manual_seed(0)
+    learner = Learner(cfg, ObjectiveConfig(kind="mgdt"), OptimConfig(lr=1e-3, warmup_steps=0,
+                                                                     batch_size=8))
+    before = [p.detach().clone() for p in learner.model.parameters()]
+    for rl in (False, True):
+        metrics = learner.update(batch, rl=rl)
+        assert "loss/nonfinite" not in metrics
+        assert all(torch.isfinite(v) for v in metrics.values())
+    assert learner.step == 2
+    assert any(not torch.equal(a, b) for a, b in zip(before, learner.model.parameters()))

@@ -1,7 +1,9 @@
 """The multi-game pipeline (`launch.main --preset=mgdt-atari3`, `launch.multigame`) end to
 end at a tiny size: real envpool Atari for two games, the multi-game dataset, one MGDT
-pretrained on both, per-game evaluation in both modes with human-normalized scores.
-Whether the model plays well is a benchmark's question, not this test's."""
+pretrained on both, per-game evaluation in both modes with human-normalized scores,
+then online fine-tuning through a real Reverb server with one actor per game, and the
+evaluation again. Whether the model plays well is a benchmark's question, not this
+test's."""
 
 from __future__ import annotations
 
@@ -27,7 +29,9 @@ TINY = ["--set=pretrain.updates=4", "--set=pretrain.log_every=2",
         "--set=multigame.eval_episodes=2",
         '--set=multigame.episodes_per_policy={"random": 2, "noisy:0.3": 1}',
         "--set=model.n_layer=1", "--set=model.embed_dim=32", "--set=model.ffn_dim=64",
-        "--set=optim.batch_size=4"]
+        "--set=optim.batch_size=4", "--set=multigame.online_env_steps=400",
+        "--set=multigame.online_round_steps=100", "--set=multigame.online_envs=2",
+        "--set=replay.updates_per_env_step=0.05"]
 
 
 @pytest.fixture(scope="module")
@@ -62,6 +66,35 @@ def test_every_game_is_recorded_trained_on_and_scored_in_both_modes(run):
             assert step == 4 and value == pytest.approx(f[f"{mode}_return"], rel=1e-5)
         assert game in stdout
     assert (run_dir / "pretrain" / "checkpoint.pt").is_file()
+
+
+def test_online_fine_tuning_plays_every_game_and_trains_on_their_windows(run):
+    run_dir, stdout = run
+    report = json.loads((run_dir / "multigame.json").read_text())
+    online, figures = report["online"], report["games"]
+    # Each round plays >= 100 steps of each game: two rounds reach the 400-step budget.
+    assert 400 <= online["env_steps"] < 400 + 2 * 2
+    assert online["updates"] == int(online["env_steps"] * 0.05)
+    data_steps = sum(t.episode.length for episodes in load_multigame(run_dir / "data").values()
+                     for t in episodes)
+    assert online["preloaded_steps"] == data_steps
+    # Every step played went into the replay table, next to the preloaded ones; a step
+    # still in an unfinished episode is not written yet.
+    assert data_steps < online["replay_size"] <= data_steps + online["env_steps"]
+    scalars = read_scalars(run_dir / "finetune")
+    learner_step = 4 + online["updates"]
+    assert scalars["loss/entropy"], "the online updates log ODT's entropy term"
+    assert max(step for step, _ in scalars["loss/total"]) == learner_step
+    for game in GAMES:
+        returns = [value for _, value in scalars[f"online/{game}/episode_return"]]
+        assert len(returns) == figures[game]["actor_episodes"] >= 2
+        assert np.mean(returns) == pytest.approx(figures[game]["actor_mean_return"])
+        for mode in ("expert", "target"):
+            (step, value), = scalars[f"eval/{game}/{mode}_return"]
+            assert step == online["env_steps"]
+            assert value == pytest.approx(figures[game][f"online_{mode}_return"], rel=1e-5)
+        assert f"{game} online" in stdout
+    assert (run_dir / "finetune" / "checkpoint.pt").is_file()
 
 
 def test_set_parses_tuples_and_dicts_and_refuses_bad_ones():
