@@ -164,3 +164,22 @@ def test_a_cpu_learner_leaves_a_core_to_each_actor_process():
     assert ComputeConfig(cpu_threads=3).learner_cpu_threads(num_actors=1, cores=2) == 3
     assert ComputeConfig(cpu_threads=-1).validate() == [
         "compute.cpu_threads=-1 must be >= 0 (0: auto)"]
+
+
+def test_bench_multigame_report_takes_medians_and_compares_per_game():
+    from bench.multigame import report
+
+    def row(seed, expert, target, online, single):
+        return {"seed": seed, "seconds": {"pretraining": 10.0 + seed},
+                "games": {"Pong-v5": {"dataset_mean_return": -20.0, "expert_return": expert,
+                                      "target_return": target, "online_expert_return": online,
+                                      "single_expert_return": single}}}
+
+    out = report([row(0, -15.0, -18.0, -14.0, -16.0), row(1, -10.0, -19.0, -12.0, -17.0),
+                  row(2, -19.0, -17.0, -20.0, -11.0)])
+    m, check = out["medians"]["Pong-v5"], out["checks"]["Pong-v5"]
+    assert (m["expert_return"], m["target_return"], m["single_expert_return"]) == (-15, -18, -16)
+    assert check == {"expert_beats_target": True, "both_beat_dataset_mean": True,
+                     "multi_vs_single": 1.0, "single_seed_spread": 6.0,
+                     "online_raises": True}
+    assert out["online_games_raised"] == 1 and out["seconds"] == {"pretraining": 11.0}

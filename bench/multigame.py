@@ -1,0 +1,151 @@
+"""Multi-game runs over seeds: one Multi-Game Decision Transformer against single-game
+models, offline and after online fine-tuning (`launch.multigame`).
+
+Per seed, in `<out>/seed<s>`: the preset's whole multi-game pipeline (its own recording,
+pretraining, evaluation in 'expert' and 'target' modes, online fine-tuning and the
+evaluation again), then, unless `--single_game=false`, one single-game model per game:
+the same model config trained for the same number of updates on that game's episodes
+of the same recording alone (`single/<game>/`), evaluated the same way. Prints one JSON
+line per seed, then one JSON object with the medians over seeds per game of each score
+(dataset mean and best return; expert and target returns of the multi-game model before
+and after fine-tuning, and of the single-game model; human-normalized alike), each
+stage's median seconds, and the comparisons the issue asks for:
+
+- `expert_beats_target` / `both_beat_dataset_mean`: per game, on the medians;
+- `multi_vs_single`: the multi-game model's median expert return minus the single-game
+  model's, with the seeds' spread (max - min) of the single-game model beside it;
+- `online_raises`: per game, whether the median expert return after fine-tuning is
+  above the one before.
+
+    python -m bench.multigame --seeds=0,1,2 [--preset=mgdt-atari3] [--out=runs/multigame]
+        [--single_game=true] [--set=multigame.online_env_steps=60000 ...]
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from absl import flags
+
+from launch.flags import run_main
+
+flags.DEFINE_string("seeds", "0,1,2", "Comma-separated seeds.")
+flags.DEFINE_string("out", "runs/multigame", "Folder for the runs (must not exist).")
+flags.DEFINE_string("preset", "mgdt-atari3", "A multi-game preset.")
+flags.DEFINE_bool("single_game", True, "Also train and evaluate one model per game.")
+flags.DEFINE_multi_string("set", [], "Config override, dotted field=value, "
+                          "e.g. --set=multigame.online_env_steps=60000; repeatable.")
+
+MODES = ("expert", "target")
+
+
+def single_game_scores(cfg, run_dir: Path, game: str) -> dict:
+    """Train `cfg`'s model on `game`'s recorded episodes alone (run_dir/data) for
+    `pretrain.updates` updates in run_dir/single/<game>, and play it in both modes
+    as the multi-game model is played; returns `<mode>_return` per mode and the
+    training seconds."""
+    import numpy as np
+
+    from launch.multigame import CLIP, env_options, play
+    from learner.checkpoint import load_policy
+    from learner.pretrain import train_offline
+    from replay.frame_window import FrameSampler, concat_games
+    from replay.multigame import load_multigame
+
+    mg = cfg.multigame
+    episodes = load_multigame(run_dir / "data")[game]
+    steps = concat_games({game: episodes}, games=(game,), num_actions=cfg.model.act_dim)
+    best = max(float(np.clip(t.episode.rewards, -CLIP, CLIP).sum()) for t in episodes)
+    sampler = FrameSampler(steps, cfg.model.context_len, cfg.optim.batch_size, seed=cfg.seed)
+    start = time.perf_counter()
+    trained = train_offline(cfg, sampler, run_dir / "single" / game, evaluate_fn=None,
+                            source=str(run_dir / "data"), desc=f"single {game}")
+    seconds = time.perf_counter() - start
+    model, _ = load_policy(trained.checkpoint)
+    options = env_options(cfg)
+    returns = {
+        "expert": play(model, game, mg.eval_episodes, cfg.eval.seed, options, "expert",
+                       kappa=mg.kappa),
+        "target": play(model, game, mg.eval_episodes, cfg.eval.seed, options, "target",
+                       target_return=best),
+    }
+    return {**{f"{mode}_return": float(values.mean()) for mode, values in returns.items()},
+            "seconds": round(seconds, 1)}
+
+
+def main(argv) -> None:
+    del argv
+    from launch.flags import apply_setting, checked
+    from launch.multigame import run_multi_game
+    from launch.pipeline import save_config
+    from launch.presets import get_preset
+    from replay.atari_scores import human_normalized
+
+    FLAGS = flags.FLAGS
+    base = get_preset(FLAGS.preset)
+    for item in FLAGS.set:
+        base = apply_setting(base, item)
+    base = checked(base)
+    if base.pipeline != "multi_game":
+        raise ValueError(f"--preset={FLAGS.preset} runs the {base.pipeline!r} pipeline; "
+                         "bench.multigame needs a multi-game preset such as mgdt-atari3")
+    out = Path(FLAGS.out)
+    if out.exists():
+        raise FileExistsError(f"--out={out} already exists")
+    seeds = [int(s) for s in FLAGS.seeds.split(",")]
+    out.mkdir(parents=True)
+    rows = []
+    for seed in seeds:
+        cfg = replace(base, seed=seed)
+        run_dir = out / f"seed{seed}"
+        run_dir.mkdir()
+        save_config(run_dir, cfg)
+        results, trained, seconds, online = run_multi_game(cfg, run_dir)
+        row = {"seed": seed, "seconds": {k: round(v, 1) for k, v in seconds.items()},
+               "pretraining_updates_per_s": trained.updates_per_s, "online": online,
+               "games": {game: result.figures() for game, result in results.items()}}
+        if FLAGS.single_game:
+            for game in results:
+                single = single_game_scores(cfg, run_dir, game)
+                row["seconds"][f"single_{game}"] = single.pop("seconds")
+                for mode in MODES:
+                    value = single[f"{mode}_return"]
+                    row["games"][game][f"single_{mode}_return"] = value
+                    row["games"][game][f"single_{mode}_human_normalized"] = human_normalized(
+                        game, value)
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+    print(json.dumps(report(rows)))
+
+
+def report(rows: list[dict]) -> dict:
+    """Medians over the seeds' rows, per game and score, and the comparisons of the
+    module docstring."""
+    games = list(rows[0]["games"])
+    medians = {game: {key: statistics.median(row["games"][game][key] for row in rows)
+                      for key in rows[0]["games"][game]} for game in games}
+    checks = {}
+    for game, m in medians.items():
+        check = {"expert_beats_target": m["expert_return"] > m["target_return"],
+                 "both_beat_dataset_mean": min(m["expert_return"], m["target_return"])
+                 > m["dataset_mean_return"]}
+        if "single_expert_return" in m:
+            singles = [row["games"][game]["single_expert_return"] for row in rows]
+            check["multi_vs_single"] = m["expert_return"] - m["single_expert_return"]
+            check["single_seed_spread"] = max(singles) - min(singles)
+        if "online_expert_return" in m:
+            check["online_raises"] = m["online_expert_return"] > m["expert_return"]
+        checks[game] = check
+    stages = {stage: statistics.median(row["seconds"][stage] for row in rows)
+              for stage in rows[0]["seconds"]}
+    return {"seeds": [row["seed"] for row in rows], "medians": medians, "checks": checks,
+            "seconds": stages,
+            "online_games_raised": sum(bool(c.get("online_raises")) for c in checks.values())}
+
+
+if __name__ == "__main__":
+    run_main(main)
