@@ -36,6 +36,7 @@ from models.decision_transformer import (
     Block,
     ModelConfig,
     _gpt2_init,
+    store_state_statistics,
 )
 from models.heads import Categorical, CategoricalHead
 from models.registry import register_model
@@ -99,10 +100,7 @@ class ADTransformer(nn.Module):
     def set_state_normalization(self, mean, std) -> None:
         """Freeze the offline observation mean and std that observations are normalized
         with before the embedding."""
-        mean = torch.as_tensor(mean, dtype=torch.float32).reshape(self.cfg.state_dim)
-        std = torch.as_tensor(std, dtype=torch.float32).reshape(self.cfg.state_dim)
-        self.state_mean.copy_(mean)
-        self.state_std.copy_(std)
+        store_state_statistics(self, mean, std)
 
     def encode(
         self,

@@ -264,6 +264,14 @@ def make_action_head(cfg: ModelConfig, head: str) -> nn.Module:
     return DeterministicHead(cfg.embed_dim, cfg.act_dim)
 
 
+def store_state_statistics(model: nn.Module, mean, std) -> None:
+    """Copy (state_dim,) observation statistics into `model`'s `state_mean` and
+    `state_std` buffers, as float32."""
+    dim = model.cfg.state_dim
+    model.state_mean.copy_(torch.as_tensor(mean, dtype=torch.float32).reshape(dim))
+    model.state_std.copy_(torch.as_tensor(std, dtype=torch.float32).reshape(dim))
+
+
 def attention_mask(mask: torch.Tensor) -> torch.Tensor:
     """Boolean (B, 1, 3T, 3T) mask, True where a token may attend.
 
@@ -325,10 +333,7 @@ class DecisionTransformer(nn.Module):
         a no-op for image models, whose pixels are only scaled to [0, 1]."""
         if self.cfg.is_image:
             return
-        mean = torch.as_tensor(mean, dtype=torch.float32).reshape(self.cfg.state_dim)
-        std = torch.as_tensor(std, dtype=torch.float32).reshape(self.cfg.state_dim)
-        self.state_mean.copy_(mean)
-        self.state_std.copy_(std)
+        store_state_statistics(self, mean, std)
 
     def encode(
         self,

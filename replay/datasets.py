@@ -309,7 +309,7 @@ def check_against_env(
             source, f"action shape {found} does not match the environment's {tuple(action_shape)}"
         )
     if discrete_env:
-        _check_action_indices(source, dataset.episodes, num_actions)
+        check_action_indices(source, dataset.episodes, num_actions)
     else:
         low, high = _bounds(source, "action", action_low, action_high, tuple(action_shape))
         _check_actions_in_range(source, dataset.episodes, low, high)
@@ -361,12 +361,12 @@ def write_minari(
     path = Path(path).absolute()  # minari resolves relative paths against its own root
     _refuse_non_empty_folder(path)
     episodes = list(episodes)
-    obs_shape, act_shape = _check_episodes(path, episodes)
+    obs_shape, act_shape = check_episodes(path, episodes)
     if not isinstance(dataset_id, str) or not _DATASET_ID_RE.match(dataset_id):
         raise DatasetError(
             path, f"dataset_id {dataset_id!r} is not of the form (namespace/)name-v<version>"
         )
-    extra = _minari_extra_metadata(path, metadata or {}, ref_min_score, ref_max_score)
+    extra = minari_extra_metadata(path, metadata or {}, ref_min_score, ref_max_score)
     seed = extra.get("seed")
     if seed is not None and not (isinstance(seed, int) and not isinstance(seed, bool)):
         raise DatasetError(path, f"metadata seed must be an int, got {seed!r}")
@@ -401,7 +401,7 @@ def write_minari(
     from minari.dataset.minari_storage import MinariStorage, is_image_space
 
     if discrete:
-        _check_action_indices(path, episodes, num_actions)
+        check_action_indices(path, episodes, num_actions)
         action_space = gymnasium.spaces.Discrete(num_actions)
         action_dtype = np.int64
     else:
@@ -451,7 +451,7 @@ def write_minari(
             with h5py.File(staging / MINARI_DATA_FILE, "a") as file:
                 for index, episode in enumerate(episodes):
                     frames = np.asarray(episode.observations, dtype=np.uint8)
-                    _create_uint8_dataset(
+                    create_uint8_dataset(
                         file[f"episode_{index}"], "observations", frames, resizable=True
                     )
             update["dataset_size"] = storage.get_size()
@@ -474,13 +474,13 @@ def write_d4rl(path: PathLike, episodes: Iterable[Episode], metadata: dict | Non
     if path.exists():
         raise DatasetError(path, "already exists; refusing to overwrite it")
     episodes = list(episodes)
-    _check_episodes(path, episodes)
+    check_episodes(path, episodes)
     arrays = _flatten_episodes(episodes)
     metadata_items = _hdf5_metadata_items(path, metadata or {})
     with _staging(path, is_dir=False) as staging, h5py.File(staging, "w") as file:
         for key, array in arrays.items():
             if array.dtype == np.uint8:
-                _create_uint8_dataset(file, key, array)
+                create_uint8_dataset(file, key, array)
             else:
                 file.create_dataset(key, data=array)
         group = file.create_group("metadata")
@@ -983,7 +983,7 @@ def _action_space_kind(
     return True
 
 
-def _check_action_indices(path: PathLike, episodes: Sequence[Episode], num_actions: int) -> None:
+def check_action_indices(path: PathLike, episodes: Sequence[Episode], num_actions: int) -> None:
     """Raise on the first action that is not an integer index in [0, num_actions).
 
     The message gives the value, episode and step.
@@ -1037,7 +1037,7 @@ def _check_actions_in_range(
 # ----------------------------------------------------------------------------
 
 
-def _check_episodes(path: Path, episodes: list[Episode]) -> tuple[tuple[int, ...], tuple[int, ...]]:
+def check_episodes(path: Path, episodes: list[Episode]) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """Check episodes before writing; return the per-step observation and action shapes
     (the action shape is () for discrete actions)."""
     if not episodes:
@@ -1104,7 +1104,7 @@ def _flatten_episodes(episodes: list[Episode]) -> dict[str, np.ndarray]:
     }
 
 
-def _create_uint8_dataset(
+def create_uint8_dataset(
     group: h5py.Group, key: str, array: np.ndarray, *, resizable: bool = False
 ) -> None:
     """Write uint8 frames (N, *frame) under `key`, gzip level 1, in chunks of whole
@@ -1140,7 +1140,7 @@ def _hdf5_metadata_items(path: Path, metadata: dict) -> dict[str, Any]:
     return items
 
 
-def _minari_extra_metadata(
+def minari_extra_metadata(
     path: Path, metadata: dict, ref_min_score: float | None, ref_max_score: float | None
 ) -> dict[str, Any]:
     """Check the caller's provenance keys and reference scores for metadata.json."""

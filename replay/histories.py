@@ -42,9 +42,9 @@ from replay.datasets import (
     DatasetError,
     Episode,
     PathLike,
-    _check_action_indices,
-    _check_episodes,
-    _minari_extra_metadata,
+    check_action_indices,
+    check_episodes,
+    minari_extra_metadata,
     _open_hdf5,
     _read_errors_as_dataset_error,
     _read_minari_episodes,
@@ -160,13 +160,13 @@ def write_histories(path: PathLike, histories: Sequence[LearningHistory], env_id
     given_env = (metadata or {}).get("env_id", env_id)
     if given_env != env_id:
         raise DatasetError(path, f"metadata env_id {given_env!r} differs from env_id {env_id!r}")
-    extra = _minari_extra_metadata(path, {**(metadata or {}), "env_id": env_id}, None, None)
+    extra = minari_extra_metadata(path, {**(metadata or {}), "env_id": env_id}, None, None)
     episodes = [episode for history in histories for episode in history.episodes]
-    obs_shape, _ = _check_episodes(path, episodes)
+    obs_shape, _ = check_episodes(path, episodes)
     if np.asarray(episodes[0].observations).dtype == np.uint8:
         raise DatasetError(path, "histories hold vector observations; uint8 frames are "
                                  "written with write_minari")
-    _check_action_indices(path, episodes, num_actions)
+    check_action_indices(path, episodes, num_actions)
 
     import gymnasium
     import minari

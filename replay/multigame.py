@@ -56,10 +56,10 @@ from replay.datasets import (
     DatasetError,
     Episode,
     PathLike,
-    _check_action_indices,
-    _check_episodes,
-    _create_uint8_dataset,
-    _minari_extra_metadata,
+    check_action_indices,
+    check_episodes,
+    create_uint8_dataset,
+    minari_extra_metadata,
     _open_hdf5,
     _read_errors_as_dataset_error,
     _read_minari_episodes,
@@ -154,9 +154,9 @@ def write_multigame(path: PathLike, episodes_by_game: Mapping[str, Sequence[tupl
             _check_frames(path, name, episode.observations)
             episodes.append(episode)
             tags.append({"game": game, "policy": policy})
-    _check_episodes(path, episodes)
-    _check_action_indices(path, episodes, int(num_actions))
-    extra = _minari_extra_metadata(
+    check_episodes(path, episodes)
+    check_action_indices(path, episodes, int(num_actions))
+    extra = minari_extra_metadata(
         path, {**metadata, "games": games, "num_actions": int(num_actions)}, None, None)
     frame_shape = tuple(np.shape(episodes[0].observations)[1:])
 
@@ -185,7 +185,7 @@ def write_multigame(path: PathLike, episodes_by_game: Mapping[str, Sequence[tupl
         storage.update_episodes(buffers)
         with h5py.File(staging / MINARI_DATA_FILE, "a") as file:
             for index, episode in enumerate(episodes):
-                _create_uint8_dataset(file[f"episode_{index}"], "observations",
+                create_uint8_dataset(file[f"episode_{index}"], "observations",
                                       np.asarray(episode.observations, np.uint8),
                                       resizable=True)
         storage.update_episode_metadata(tags)  # also records the dataset's size
@@ -221,7 +221,7 @@ def load_multigame(path: PathLike) -> dict[str, list[TaggedEpisode]]:
         tags = [_read_tags(file[f"episode_{i}"], f"episode_{i}", data_file)
                 for i in range(len(episodes))]
     _check_frames(data_file, "episode_0", episodes[0].observations)
-    _check_action_indices(data_file, episodes, num_actions)
+    check_action_indices(data_file, episodes, num_actions)
     by_game: dict[str, list[TaggedEpisode]] = {game: [] for game in games}
     for index, (episode, tag) in enumerate(zip(episodes, tags)):
         if tag["game"] not in by_game:
