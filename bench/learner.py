@@ -57,7 +57,7 @@ CONFIGS = {
     # ODT's model on Hopper (Zheng et al. 2022).
     "standard": (ModelConfig(state_dim=11, act_dim=3), 256),
     # The locomotion CPU presets' model and batch on Hopper (launch/presets.py).
-    "locomotion-cpu": (ModelConfig(state_dim=11, act_dim=3, context_len=20, embed_dim=128,
+    "locomotion-cpu": (ModelConfig(state_dim=11, act_dim=3, context_len=5, embed_dim=128,
                                    n_layer=3, n_head=1, ffn_dim=512, dropout=0.1), 64),
 }
 

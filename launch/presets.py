@@ -598,25 +598,31 @@ def ad_keytodoor() -> RunConfig:
 
 def locomotion_cpu_preset(robot: str) -> RunConfig:
     """`<robot>-random-cpu`: the D4RL random task at a size 2 CPU cores finish in under
-    45 minutes. A recorded uniform-random dataset, the reference online-dt's small
-    model (width 128, 3 layers, 1 head, K = 20, batch 64), and 50k online steps of
-    ODT+TD3 (DESIGN.md, "Locomotion on CPU")."""
+    45 minutes. A recorded uniform-random dataset (about D4RL's size: 10k episodes of
+    hopper and walker2d, which fall within ~20 steps; 1000 of halfcheetah, which never
+    terminates and runs 1000 steps), the reference online-dt's small model (width 128,
+    3 layers, 1 head, batch 64) trained on a context of K = 5 steps (ODT's evaluation
+    context), and 50k online steps of ODT+TD3 (DESIGN.md, "Locomotion on CPU")."""
     env_id, obs, act, _, _, _, eval_rtg, online_rtg = _D4RL_ROBOTS[robot]
+    # Replay capacity and preload count trajectories: 1000 of hopper's hold ~22k steps,
+    # 100 of halfcheetah's 100k.
+    episodes, trajectories = (1000, 100) if robot == "halfcheetah" else (10_000, 1000)
     return RunConfig(
         name=f"{robot}-random-cpu",
         env=EnvConfig(env_id=env_id, task_id=f"{robot}-random-v2"),
-        model=ModelConfig(state_dim=obs, act_dim=act, context_len=20, embed_dim=128,
+        model=ModelConfig(state_dim=obs, act_dim=act, context_len=5, embed_dim=128,
                           n_layer=3, n_head=1, ffn_dim=512, dropout=0.1),
         objective=ObjectiveConfig(kind="odt_td3", rl_coeff=2.5, normalize_q=True,
                                   critic_pretrain_updates=2000, tau=0.01,
                                   critic=CriticConfig(layer_norm=True)),
         optim=OptimConfig(lr=1e-4, weight_decay=5e-4, warmup_steps=1000, batch_size=64),
-        data=DataConfig(collect_policy="random", collect_episodes=10_000, collect_num_envs=50,
+        data=DataConfig(collect_policy="random", collect_episodes=episodes, collect_num_envs=50,
                         collect_format="d4rl"),
         pretrain=PretrainConfig(updates=3000, log_every=100, eval_every=1000,
                                 checkpoint_every=1000),
         eval=EvalConfig(episodes=10, target_return=eval_rtg, context_len=5),
-        replay=ReplayConfig(capacity_trajectories=1000, preload_trajectories=1000,
+        replay=ReplayConfig(capacity_trajectories=trajectories,
+                            preload_trajectories=trajectories,
                             updates_per_env_step=0.2, tolerance_steps=1000.0),
         actor=ActorConfig(num_actors=1, envs_per_actor=4),
         finetune=FinetuneConfig(env_steps=50_000, publish_every=50, log_every=100,
