@@ -226,12 +226,15 @@ def finetune_online(cfg, run_dir: Path, checkpoint: Path,
     """Stage 4 (module docstring): fine-tune the pretrained model online on every game
     until `multigame.online_env_steps` steps (all games together) were played. Writes
     `finetune/checkpoint.pt` and TensorBoard; fills each result's `actor_returns`;
-    returns the stage's figures (env steps, updates, updates/s, env steps/s, the
-    replay server's memory)."""
+    returns the stage's figures (env steps, updates, updates/s, env steps/s, and this
+    process's resident-memory growth over the replay server's preload and over the
+    whole stage). Stops with `learner.NonFiniteLoss` after
+    `finetune.max_nonfinite_updates` skipped updates in a row, as pretraining does."""
     from actors.multigame import GamePlayer
     from learner.checkpoint import learner_payload, load_checkpoint
     from learner.device import resolve_device, to_device
     from learner.finetune import learner_from_checkpoint
+    from learner.learner import NonFiniteGuard
     from models.mgdt import MultiGamePolicy
     from replay.formats import item_format
     from replay.multigame import load_multigame
@@ -267,6 +270,7 @@ def finetune_online(cfg, run_dir: Path, checkpoint: Path,
                 players.append(GamePlayer(env, policy, generator))
             batches = fmt.batches(address, spec, cfg.optim.batch_size,
                                   rate_limiter_timeout_ms=600_000)
+            guard = NonFiniteGuard(learner, cfg.finetune.max_nonfinite_updates)
             env_steps = updates = 0
             act_s = learn_s = 0.0
             while env_steps < mg.online_env_steps:
@@ -284,6 +288,7 @@ def finetune_online(cfg, run_dir: Path, checkpoint: Path,
                 due = int(env_steps * cfg.replay.updates_per_env_step) - updates
                 for _ in range(due):
                     out = learner.update(to_device(next(batches), device), rl=True)
+                    guard.skipped()
                     updates += 1
                     if updates % cfg.pretrain.log_every == 0:
                         writer.scalars({k: float(v) for k, v in out.items()}, learner.step)
