@@ -126,8 +126,10 @@ def report(rows: list[dict]) -> dict:
     """Medians over the seeds' rows, per game and score, and the comparisons of the
     module docstring."""
     games = list(rows[0]["games"])
+    # A key some seed lacks (no actor episode finished) has no median.
     medians = {game: {key: statistics.median(row["games"][game][key] for row in rows)
-                      for key in rows[0]["games"][game]} for game in games}
+                      for key in rows[0]["games"][game]
+                      if all(key in row["games"][game] for row in rows)} for game in games}
     checks = {}
     for game, m in medians.items():
         check = {"expert_beats_target": m["expert_return"] > m["target_return"],

@@ -54,6 +54,11 @@ from replay.multigame import write_multigame
 
 CLIP = 1.0
 """Rewards are clipped to [-CLIP, CLIP] for returns-to-go and the reward classes."""
+STREAM_TIMEOUT_MS = 600_000
+"""How long the online learner waits for a batch before it reports the rate limiter."""
+ATARI_EPISODE_LIMIT = 27_000
+"""envpool's Atari episode limit in agent steps (108,000 frames), in effect when
+`multigame.max_steps_per_episode` is 0."""
 
 
 @dataclass
@@ -139,7 +144,12 @@ def run_multi_game(cfg, run_dir: Path
                         num_envs=mg.record_envs)
     write_multigame(run_dir / "data", data, num_actions=cfg.model.act_dim)
     seconds["recording"] = time.perf_counter() - start
-    steps = concat_games(data, num_actions=cfg.model.act_dim)
+    steps = concat_games(data, games=mg.games, num_actions=cfg.model.act_dim)
+    if mg.online_env_steps and mg.replay_capacity_steps < len(steps):
+        raise ValueError(
+            f"multigame.replay_capacity_steps={mg.replay_capacity_steps} is below the "
+            f"{len(steps)} recorded steps that online fine-tuning preloads; raise it, or set "
+            "multigame.online_env_steps=0 to skip fine-tuning")
     per_game = steps.steps_per_game
     print("data: " + ", ".join(f"{game} {len(data[game])} episodes / {per_game[game]} steps"
                                for game in mg.games), flush=True)
@@ -207,16 +217,24 @@ def evaluate_games(cfg, model, results: dict[str, GameResult], field_name: str,
 def online_spec(cfg, preload_items: int):
     """The Reverb experience table of the online stage: frame windows of
     `model.context_len` steps, `multigame.replay_capacity_steps` of them (FIFO), sampled
-    `replay.updates_per_env_step` x batch times per step played; the rate limiter's
-    slack is one round of every game, so the turn-taking loop never waits on it."""
+    `replay.updates_per_env_step` x batch times per step played.
+
+    The learner's turn makes its updates for every step played, but only finished
+    episodes are in the table, so it may sample ahead of the inserts by every
+    environment's unfinished episode. The rate limiter's slack covers that (each
+    environment's episode limit) plus two rounds of every game, so the turn-taking loop
+    never waits on it: it has no other thread to wait for."""
     from replay.tables import ReplaySpec
 
     mg = cfg.multigame
+    episode_limit = mg.max_steps_per_episode or ATARI_EPISODE_LIMIT
+    unfinished = len(mg.games) * mg.online_envs * episode_limit
     return ReplaySpec(
         observation_shape=tuple(cfg.model.frame_shape), action_shape=(),
         context_len=cfg.model.context_len, capacity_items=mg.replay_capacity_steps,
         samples_per_insert=cfg.replay.updates_per_env_step * cfg.optim.batch_size,
-        tolerance_steps=float(2 * mg.online_round_steps * len(mg.games) + 1),
+        tolerance_steps=float(unfinished + 2 * len(mg.games) * (mg.online_round_steps
+                                                                + mg.online_envs) + 1),
         preload_items=preload_items, item_format="frame_window", observation_dtype="uint8",
         action_dtype="int32")
 
@@ -224,7 +242,8 @@ def online_spec(cfg, preload_items: int):
 def finetune_online(cfg, run_dir: Path, checkpoint: Path,
                     results: dict[str, GameResult]) -> dict:
     """Stage 4 (module docstring): fine-tune the pretrained model online on every game
-    until `multigame.online_env_steps` steps (all games together) were played. Writes
+    until `multigame.online_env_steps` steps (all games together) were played; the last
+    round is played whole, so the count may pass the budget by up to a round. Writes
     `finetune/checkpoint.pt` and TensorBoard; fills each result's `actor_returns`;
     returns the stage's figures (env steps, updates, updates/s, env steps/s, and this
     process's resident-memory growth over the replay server's preload and over the
@@ -237,6 +256,7 @@ def finetune_online(cfg, run_dir: Path, checkpoint: Path,
     from learner.learner import NonFiniteGuard
     from models.mgdt import MultiGamePolicy
     from replay.formats import item_format
+    from replay.frame_window import FrameWindowWriter
     from replay.multigame import load_multigame
     from replay.tables import start_server, table_counts
 
@@ -253,10 +273,12 @@ def finetune_online(cfg, run_dir: Path, checkpoint: Path,
     rss_before = rss_mib()
     server = start_server(spec)
     address = f"127.0.0.1:{server.port}"
-    writer = SummaryWriter(logdir)
+    writer = batches = None
     players: list[GamePlayer] = []
     try:
-        with fmt.writer(address, spec) as frames_writer:
+        writer = SummaryWriter(logdir)
+        with FrameWindowWriter(address, spec, num_actions=cfg.model.act_dim,
+                               num_games=len(mg.games)) as frames_writer:
             for g, game in enumerate(mg.games):
                 for tagged in data[game]:
                     frames_writer.write(tagged.episode, g)
@@ -269,7 +291,7 @@ def finetune_online(cfg, run_dir: Path, checkpoint: Path,
                 env = VectorEnv(game, mg.online_envs, cfg.seed * 1000 + 500 + g, options=options)
                 players.append(GamePlayer(env, policy, generator))
             batches = fmt.batches(address, spec, cfg.optim.batch_size,
-                                  rate_limiter_timeout_ms=600_000)
+                                  rate_limiter_timeout_ms=STREAM_TIMEOUT_MS)
             guard = NonFiniteGuard(learner, cfg.finetune.max_nonfinite_updates)
             env_steps = updates = 0
             act_s = learn_s = 0.0
@@ -287,10 +309,17 @@ def finetune_online(cfg, run_dir: Path, checkpoint: Path,
                 start = time.perf_counter()
                 due = int(env_steps * cfg.replay.updates_per_env_step) - updates
                 for _ in range(due):
-                    out = learner.update(to_device(next(batches), device), rl=True)
-                    guard.skipped()
+                    batch = next(batches, None)
+                    if batch is None:
+                        raise RuntimeError(
+                            f"the replay table gave no batch within {STREAM_TIMEOUT_MS} ms "
+                            f"at {env_steps} env steps: its rate limiter held the learner "
+                            "(online_spec's slack is too small for these settings)")
+                    out = learner.update(to_device(batch, device), rl=True)
                     updates += 1
-                    if updates % cfg.pretrain.log_every == 0:
+                    if guard.skipped():
+                        writer.scalar("loss/nonfinite_skipped", learner.skipped, learner.step)
+                    elif learner.step % cfg.finetune.log_every == 0:
                         writer.scalars({k: float(v) for k, v in out.items()}, learner.step)
                 learn_s += time.perf_counter() - start
                 writer.scalars({"online/env_steps": env_steps, "online/updates": updates,
@@ -301,10 +330,15 @@ def finetune_online(cfg, run_dir: Path, checkpoint: Path,
                         learner_payload(learner, updates=learner.step, env_steps=env_steps,
                                         run_config=cfg.to_dict()))
     finally:
-        for player in players:
-            player.close()
-        writer.close()
-        server.stop()
+        try:
+            for player in players:
+                player.close()
+            if batches is not None:
+                batches.close()
+            if writer is not None:
+                writer.close()
+        finally:
+            server.stop()
     return {"env_steps": env_steps, "updates": updates,
             "env_steps_per_s": env_steps / max(act_s, 1e-9),
             "updates_per_s": updates / max(learn_s, 1e-9),

@@ -148,7 +148,7 @@ def episode_columns(episode: Episode, name: str, num_actions: int = NUM_ATARI_AC
                          f"got {frames.dtype} of shape {frames.shape}")
     if frame_shape is not None and frames.shape[1:] != tuple(frame_shape):
         raise ValueError(f"{name}: frames of shape {frames.shape[1:]} differ from the "
-                         f"first episode's {tuple(frame_shape)}")
+                         f"expected {tuple(frame_shape)}")
     actions = np.asarray(episode.actions)
     n = len(actions)
     if n == 0:
@@ -235,12 +235,13 @@ class FrameWindowWriter:
         with FrameWindowWriter(address, spec) as writer:
             writer.write(episode, game=1)   # a replay.datasets.Episode of game 1
 
-    `num_actions` bounds the action indices (the full Atari set by default). Blocking
-    on the rate limiter and `close` as `WindowWriter`.
+    `num_actions` bounds the action indices (the full Atari set by default),
+    `num_games` (when given) the game indices. Blocking on the rate limiter and `close`
+    as `WindowWriter`.
     """
 
     def __init__(self, client_or_address, spec, num_actions: int = NUM_ATARI_ACTIONS,
-                 **options):
+                 num_games: int | None = None, **options):
         from replay.writer import WindowWriter
 
         shapes = FrameWindows().stored_shapes(spec)
@@ -249,6 +250,7 @@ class FrameWindowWriter:
                        for name, (shape, dtype) in shapes.items()}
         self._frame_shape = tuple(spec.observation_shape)
         self._num_actions = num_actions
+        self._num_games = num_games
         self._writer = WindowWriter(client_or_address, spec.context_len, step_shapes,
                                     last_step_columns=("game",), **options)
 
@@ -258,7 +260,12 @@ class FrameWindowWriter:
 
     def write(self, episode: Episode, game: int) -> int:
         """Write one episode of game index `game` as one window per step; return the
-        count. ValueError names what is wrong with the episode (`episode_columns`)."""
+        count. ValueError names what is wrong with the episode (`episode_columns`), or a
+        game index outside [0, num_games) when `num_games` was given."""
+        if isinstance(game, bool) or not isinstance(game, (int, np.integer)) or game < 0 or (
+                self._num_games is not None and game >= self._num_games):
+            raise ValueError(f"game={game!r} must be an int index in [0, "
+                             f"{self._num_games if self._num_games is not None else 'num_games'})")
         columns = episode_columns(episode, f"episode of game {game}", self._num_actions,
                                   self._frame_shape)
         n = len(columns["actions"])

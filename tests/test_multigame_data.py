@@ -25,6 +25,7 @@ from replay.frame_window import (
     FRAME_WINDOW_KEYS,
     FrameSampler,
     FrameWindows,
+    FrameWindowWriter,
     GameSteps,
     concat_games,
     gather_frame_windows,
@@ -446,6 +447,16 @@ def test_reverb_frame_windows_equal_the_in_memory_windows():
                 for episode in episodes[game]:
                     assert writer.write(episode, game=g) == len(episode.actions)
         assert table_counts(address)["size"] == len(steps) == 18
+        with FrameWindowWriter(address, spec, num_games=2) as writer:
+            for game in (2, -1, True):
+                with pytest.raises(ValueError, match=r"game=.* must be an int index in \[0, 2\)"):
+                    writer.write(episodes["Pong-v5"][0], game=game)
+            with pytest.raises(ValueError, match="frames of shape"):
+                writer.write(Episode(observations=np.zeros((3, 1, 42, 42), np.uint8),
+                                     actions=np.zeros(2, np.int64),
+                                     rewards=np.zeros(2, np.float32), terminated=True,
+                                     truncated=False), game=0)
+        assert table_counts(address)["size"] == 18  # nothing of the refused episodes
         seen = set()
         batches = fmt.batches(address, spec, batch_size=16, rate_limiter_timeout_ms=30_000)
         for _, batch in zip(range(20), batches):
