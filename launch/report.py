@@ -121,14 +121,21 @@ def on_grid(run: RunCurve, steps) -> np.ndarray:
 
 def dip(run: RunCurve, pretrained: float) -> dict:
     """Where the curve falls below `pretrained` (the pretrained policy's score) and comes
-    back: its lowest evaluation and env step, and the first env step after that lowest
-    point at which it is at or above `pretrained` again (None: not within the run)."""
-    values = score(run)
-    low = int(np.argmin(values))
-    back = next((run.env_steps[i] for i in range(low, len(values)) if values[i] >= pretrained),
-                None)
-    return {"lowest": float(values[low]), "lowest_at": int(run.env_steps[low]),
-            "dips": bool(values[low] < pretrained), "back_above_at": back}
+    back: its lowest evaluation after online steps began (the one at env step 0 is the
+    pretrained policy's own) and its env step, whether that is below `pretrained`, and
+    the first env step from that lowest point on at which the curve is at or above
+    `pretrained` again (None: not within the run). Scores are compared within a relative
+    1e-4, as TensorBoard keeps them in float32."""
+    values = np.asarray(score(run), np.float64)
+    steps = np.asarray(run.env_steps)
+    online = np.flatnonzero(steps > 0)
+    if len(online) == 0:
+        return {"lowest": None, "lowest_at": None, "dips": False, "back_above_at": None}
+    floor = pretrained - 1e-4 * max(1.0, abs(pretrained))
+    low = int(online[np.argmin(values[online])])
+    back = next((int(steps[i]) for i in range(low, len(values)) if values[i] >= floor), None)
+    return {"lowest": float(values[low]), "lowest_at": int(steps[low]),
+            "dips": bool(values[low] < floor), "back_above_at": back}
 
 
 def objective_curves(runs: list[RunCurve], path: Path, budget: int,

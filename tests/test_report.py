@@ -23,8 +23,12 @@ def test_a_curve_that_dips_reports_its_lowest_point_and_its_way_back():
     never_back = curve("odt-seed0", "odt", [0, 100, 200], [20, 5, 10])
     assert dip(never_back, pretrained=20)["back_above_at"] is None
     rising = curve("odt-seed1", "odt", [0, 100, 200], [20, 25, 30])
-    assert dip(rising, pretrained=20) == {"lowest": 20.0, "lowest_at": 0, "dips": False,
-                                          "back_above_at": 0}
+    assert dip(rising, pretrained=20) == {"lowest": 25.0, "lowest_at": 100, "dips": False,
+                                          "back_above_at": 100}
+    # The evaluation at step 0 is the pretrained policy, read back as float32.
+    flat = curve("odt-seed2", "odt", [0, 100], [np.float32(2.2274132560458786), 2.2274132])
+    assert dip(flat, pretrained=2.2274132560458786)["dips"] is False
+    assert dip(curve("r", "odt", [0], [20]), pretrained=20)["lowest"] is None
 
 
 def test_curves_are_interpolated_and_raw_returns_stand_in_without_reference_scores():
