@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 from absl import flags
 
+from bench import pipeline_preset
 from launch.flags import run_main
 
 flags.DEFINE_string("seeds", "0,1,2", "Comma-separated seeds.")
@@ -51,19 +52,20 @@ def median_of(rows: list[dict], method: str, key: str):
 def main(argv) -> None:
     del argv
     from launch.flags import apply_setting, checked
-    from launch.incontext import ROLE_DIRS, evaluate_stage, run_in_context, summary, task_split
+    from launch.incontext import (
+        ROLE_DIRS,
+        evaluate_stage,
+        run_in_context,
+        summary,
+        task_split,
+    )
     from launch.pipeline import save_config
-    from launch.presets import RunConfig, get_preset
+    from launch.presets import RunConfig
     from launch.report import incontext_curves
 
     FLAGS = flags.FLAGS
-    base = get_preset(FLAGS.preset)
-    for item in FLAGS.set:
-        base = apply_setting(base, item)
-    base = checked(base)
-    if base.pipeline != "in_context":
-        raise ValueError(f"--preset={FLAGS.preset} runs the {base.pipeline!r} pipeline; "
-                         "bench.incontext needs an in-context preset such as ad-darkroom")
+    base = pipeline_preset(FLAGS.preset, FLAGS.set, "in_context", "bench.incontext",
+                           "ad-darkroom")
     out = Path(FLAGS.out)
     seeds = [int(s) for s in FLAGS.seeds.split(",")]
     if FLAGS.evaluate_only:

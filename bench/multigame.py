@@ -31,6 +31,7 @@ from pathlib import Path
 
 from absl import flags
 
+from bench import pipeline_preset
 from launch.flags import run_main
 
 flags.DEFINE_string("seeds", "0,1,2", "Comma-separated seeds.")
@@ -79,20 +80,13 @@ def single_game_scores(cfg, run_dir: Path, game: str) -> dict:
 
 def main(argv) -> None:
     del argv
-    from launch.flags import apply_setting, checked
     from launch.multigame import run_multi_game
     from launch.pipeline import save_config
-    from launch.presets import get_preset
     from replay.atari_scores import human_normalized
 
     FLAGS = flags.FLAGS
-    base = get_preset(FLAGS.preset)
-    for item in FLAGS.set:
-        base = apply_setting(base, item)
-    base = checked(base)
-    if base.pipeline != "multi_game":
-        raise ValueError(f"--preset={FLAGS.preset} runs the {base.pipeline!r} pipeline; "
-                         "bench.multigame needs a multi-game preset such as mgdt-atari3")
+    base = pipeline_preset(FLAGS.preset, FLAGS.set, "multi_game", "bench.multigame",
+                           "mgdt-atari3")
     out = Path(FLAGS.out)
     if out.exists():
         raise FileExistsError(f"--out={out} already exists")
