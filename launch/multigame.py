@@ -198,7 +198,9 @@ def evaluate_games(cfg, model, results: dict[str, GameResult], field_name: str,
     """Play every game in both modes ('expert' with kappa `multigame.kappa`, 'target'
     on the dataset's best clipped return) and store the returns in each result's
     `field_name` dict; TensorBoard `eval/<game>/<mode>_return` and
-    `..._human_normalized` at `step` in `logdir`."""
+    `..._human_normalized` at `step` in `logdir`. After fine-tuning
+    (`field_name` 'online_returns') the offline model's scores are written there too,
+    at env step 0, so each game's curve in `finetune/` runs from before to after."""
     mg, options = cfg.multigame, env_options(cfg)
     with SummaryWriter(logdir) as writer:
         for game, result in results.items():
@@ -208,10 +210,15 @@ def evaluate_games(cfg, model, results: dict[str, GameResult], field_name: str,
                                      "expert", kappa=mg.kappa)
             returns["target"] = play(model, game, mg.eval_episodes, cfg.eval.seed, options,
                                      "target", target_return=best)
-            for mode, values in returns.items():
-                writer.scalars({f"eval/{game}/{mode}_return": float(values.mean()),
-                                f"eval/{game}/{mode}_human_normalized":
-                                    human_normalized(game, float(values.mean()))}, step)
+            written = [(returns, step)]
+            if field_name == "online_returns":
+                written.insert(0, (result.returns, 0))
+            for values_by_mode, at in written:
+                for mode, values in values_by_mode.items():
+                    mean = float(values.mean())
+                    writer.scalars({f"eval/{game}/{mode}_return": mean,
+                                    f"eval/{game}/{mode}_human_normalized":
+                                        human_normalized(game, mean)}, at)
 
 
 def online_spec(cfg, preload_items: int):

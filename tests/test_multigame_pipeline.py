@@ -92,7 +92,10 @@ def test_online_fine_tuning_plays_every_game_and_trains_on_their_windows(run):
         assert len(returns) == figures[game]["actor_episodes"] >= 2
         assert np.mean(returns) == pytest.approx(figures[game]["actor_mean_return"])
         for mode in ("expert", "target"):
-            (step, value), = scalars[f"eval/{game}/{mode}_return"]
+            # Before (the offline model, at step 0) and after fine-tuning.
+            (start, before), (step, value) = scalars[f"eval/{game}/{mode}_return"]
+            assert start == 0 and before == pytest.approx(figures[game][f"{mode}_return"],
+                                                          rel=1e-5)
             assert step == online["env_steps"]
             assert value == pytest.approx(figures[game][f"online_{mode}_return"], rel=1e-5)
         assert f"{game} online" in stdout
