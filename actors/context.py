@@ -107,7 +107,9 @@ class BatchedPolicy:
         arrays = (ctx.states, ctx.actions, ctx.returns_to_go, ctx.timesteps, ctx.mask)
         if rows is not None:
             arrays = tuple(a[rows] for a in arrays)
-        out = self.model(*(torch.from_numpy(a).to(dev) for a in arrays))
+        # The newest step's output alone where the model has that path (`act`).
+        forward = getattr(self.model, "act", self.model)
+        out = forward(*(torch.from_numpy(a).to(dev) for a in arrays))
         if isinstance(out, Categorical):
             logits = out.logits[:, -1].float()
             if self.mode == "mean":

@@ -344,3 +344,31 @@ def test_a_registered_model_is_built_from_its_key():
             register_model("constant")(type("Other", (nn.Module,), {}))
     finally:
         MODELS.pop("constant", None)
+
+
+@pytest.mark.parametrize("policy", ["gaussian", "deterministic"])
+@pytest.mark.parametrize("n_layer", [1, 3])
+def test_act_gives_the_newest_steps_output_of_the_full_forward(policy, n_layer):
+    """The acting path (newest action placeholder dropped, the last block at the newest
+    state token alone) equals the full forward's last position, left padding included,
+    and its output does not depend on that placeholder."""
+    model = tiny_model(head=policy, n_layer=n_layer, use_timestep_embedding=True)
+    inputs = random_inputs(B=4, T=K)
+    inputs["mask"][0, :4] = 0.0  # a fresh episode: one real step
+    inputs["mask"][1, :2] = 0.0
+    for name in ("states", "actions", "returns_to_go", "timesteps"):
+        value = inputs[name]
+        inputs[name] = value * inputs["mask"].reshape(4, K, *([1] * (value.ndim - 2))).to(
+            value.dtype)
+    full = head_output(model, inputs)[:, -1:]
+    with torch.no_grad():
+        out = model.act(**inputs)
+        inputs["actions"][:, -1] = 0.7  # the newest action: not taken yet when acting
+        again = model.act(**inputs)
+    acted = (torch.cat((out.mu, out.log_std), dim=-1) if isinstance(out, SquashedGaussian)
+             else out.action)
+    assert acted.shape == full.shape
+    torch.testing.assert_close(acted, full, rtol=1e-5, atol=1e-6)
+    same = (torch.cat((again.mu, again.log_std), dim=-1)
+            if isinstance(again, SquashedGaussian) else again.action)
+    torch.testing.assert_close(same, acted, rtol=0, atol=0)
