@@ -47,8 +47,9 @@ from actors.actor import Actor, BackgroundSink
 from actors.context import BatchedPolicy, ContextBuffer
 from actors.envs import VectorEnv, env_spec
 from bench import named
-from bench.learner import peak_rss_mib, rss_mib
+from bench.learner import peak_rss_mib
 from launch.presets import get_preset
+from launch.supervisor import rss_mib
 from learner.objectives import get_objective
 from models import build_model
 

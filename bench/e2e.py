@@ -40,10 +40,11 @@ import torch
 from actors.context import BatchedPolicy, ContextBuffer
 from actors.envs import VectorEnv, env_spec
 from actors.evaluate import evaluate
-from bench.learner import peak_rss_mib, rss_mib
+from bench.learner import peak_rss_mib
 from launch.local import run_inline, run_local
 from launch.pipeline import obtain_dataset, pretrain, save_config
 from launch.presets import get_preset
+from launch.supervisor import rss_mib
 from learner.checkpoint import load_checkpoint
 from learner.device import to_device
 from learner.finetune import learner_from_checkpoint

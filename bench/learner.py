@@ -40,6 +40,7 @@ import time
 import torch
 
 from bench import named
+from launch.supervisor import rss_mib
 from learner.config import (
     EAGER_FP32,
     ComputeConfig,
@@ -106,13 +107,6 @@ def random_batch(cfg: ModelConfig, batch_size: int, device, seed: int = 0
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def rss_mib(pid: int | str = "self") -> float:
-    """Resident memory of process `pid` (default: this one) now, MiB (Linux /proc)."""
-    with open(f"/proc/{pid}/statm") as f:
-        pages = int(f.read().split()[1])
-    return pages * resource.getpagesize() / 2**20
 
 
 def peak_rss_mib() -> float:

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.learner import rss_mib
+from launch.supervisor import rss_mib
 
 
 def rss_or_none(pid: int) -> float | None:

@@ -44,37 +44,28 @@ flags.DEFINE_multi_string("set", [], "Config override, dotted field=value, "
 MODES = ("expert", "target")
 
 
-def single_game_scores(cfg, run_dir: Path, game: str) -> dict:
-    """Train `cfg`'s model on `game`'s recorded episodes alone (run_dir/data) for
-    `pretrain.updates` updates in run_dir/single/<game>, and play it in both modes
-    as the multi-game model is played; returns `<mode>_return` per mode and the
+def single_game_scores(cfg, run_dir: Path, game: str, episodes) -> dict:
+    """Train `cfg`'s model on `game`'s recorded episodes alone (`episodes`, its
+    `TaggedEpisode`s of run_dir/data) for `pretrain.updates` updates in
+    run_dir/single/<game>, and play it in both modes as the multi-game model is played
+    (`launch.multigame.evaluate_games`); returns `<mode>_return` per mode and the
     training seconds."""
-    import numpy as np
-
-    from launch.multigame import CLIP, env_options, play
+    from launch.multigame import evaluate_games, game_result
     from learner.checkpoint import load_policy
     from learner.pretrain import train_offline
     from replay.frame_window import FrameSampler, concat_games
-    from replay.multigame import load_multigame
 
-    mg = cfg.multigame
-    episodes = load_multigame(run_dir / "data")[game]
     steps = concat_games({game: episodes}, games=(game,), num_actions=cfg.model.act_dim)
-    best = max(float(np.clip(t.episode.rewards, -CLIP, CLIP).sum()) for t in episodes)
     sampler = FrameSampler(steps, cfg.model.context_len, cfg.optim.batch_size, seed=cfg.seed)
+    role_dir = run_dir / "single" / game
     start = time.perf_counter()
-    trained = train_offline(cfg, sampler, run_dir / "single" / game, evaluate_fn=None,
+    trained = train_offline(cfg, sampler, role_dir, evaluate_fn=None,
                             source=str(run_dir / "data"), desc=f"single {game}")
     seconds = time.perf_counter() - start
     model, _ = load_policy(trained.checkpoint)
-    options = env_options(cfg)
-    returns = {
-        "expert": play(model, game, mg.eval_episodes, cfg.eval.seed, options, "expert",
-                       kappa=mg.kappa),
-        "target": play(model, game, mg.eval_episodes, cfg.eval.seed, options, "target",
-                       target_return=best),
-    }
-    return {**{f"{mode}_return": float(values.mean()) for mode, values in returns.items()},
+    result = game_result(game, episodes)
+    evaluate_games(cfg, model, {game: result}, "returns", role_dir, trained.updates)
+    return {**{f"{mode}_return": float(values.mean()) for mode, values in result.returns.items()},
             "seconds": round(seconds, 1)}
 
 
@@ -83,6 +74,7 @@ def main(argv) -> None:
     from launch.multigame import run_multi_game
     from launch.pipeline import save_config
     from replay.atari_scores import human_normalized
+    from replay.multigame import load_multigame
 
     FLAGS = flags.FLAGS
     base = pipeline_preset(FLAGS.preset, FLAGS.set, "multi_game", "bench.multigame",
@@ -103,8 +95,9 @@ def main(argv) -> None:
                "pretraining_updates_per_s": trained.updates_per_s, "online": online,
                "games": {game: result.figures() for game, result in results.items()}}
         if FLAGS.single_game:
+            data = load_multigame(run_dir / "data")
             for game in results:
-                single = single_game_scores(cfg, run_dir, game)
+                single = single_game_scores(cfg, run_dir, game, data[game])
                 row["seconds"][f"single_{game}"] = single.pop("seconds")
                 for mode in MODES:
                     value = single[f"{mode}_return"]

@@ -34,7 +34,8 @@ import numpy as np
 import torch
 
 from bench import named
-from bench.learner import CONFIGS, peak_rss_mib, random_batch, rss_mib
+from bench.learner import CONFIGS, peak_rss_mib, random_batch
+from launch.supervisor import rss_mib
 from learner.config import ObjectiveConfig, OptimConfig
 from learner.finetune import finetune_loop
 from learner.learner import Learner

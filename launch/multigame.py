@@ -35,7 +35,6 @@ Stages, each writing under the run directory:
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +44,7 @@ import torch
 
 from actors.envs import MGDT_OPTIONS, VectorEnv
 from actors.multigame import record_games
+from launch.supervisor import rss_mib
 from learner.checkpoint import save_checkpoint
 from learner.pretrain import PretrainResult, train_offline
 from learner.tensorboard import SummaryWriter
@@ -90,6 +90,15 @@ class GameResult:
         out["dataset_mean_human_normalized"] = human_normalized(self.game,
                                                                 out["dataset_mean_return"])
         return out
+
+
+def game_result(game: str, episodes) -> GameResult:
+    """A game's `GameResult` with its recorded episodes' (`TaggedEpisode`s) raw and
+    clipped returns, and no evaluation yet."""
+    raw = np.array([tagged.episode.ret for tagged in episodes])
+    clipped = np.array([float(np.clip(tagged.episode.rewards, -CLIP, CLIP).sum())
+                        for tagged in episodes])
+    return GameResult(game, raw, clipped, {})
 
 
 def env_options(cfg) -> dict:
@@ -153,12 +162,7 @@ def run_multi_game(cfg, run_dir: Path
     per_game = steps.steps_per_game
     print("data: " + ", ".join(f"{game} {len(data[game])} episodes / {per_game[game]} steps"
                                for game in mg.games), flush=True)
-    results = {}
-    for game in mg.games:
-        raw = np.array([tagged.episode.ret for tagged in data[game]])
-        clipped = np.array([float(np.clip(tagged.episode.rewards, -CLIP, CLIP).sum())
-                            for tagged in data[game]])
-        results[game] = GameResult(game, raw, clipped, {})
+    results = {game: game_result(game, data[game]) for game in mg.games}
     del data
 
     start = time.perf_counter()
@@ -183,7 +187,7 @@ def run_multi_game(cfg, run_dir: Path
         start = time.perf_counter()
         model, _ = load_policy(run_dir / "finetune" / "checkpoint.pt")
         evaluate_games(cfg, model, results, "online_returns", run_dir / "finetune",
-                       online["env_steps"])
+                       online["env_steps"], before="returns")
         seconds["online_evaluation"] = time.perf_counter() - start
     (run_dir / "multigame.json").write_text(json.dumps(
         {"games": {game: result.figures() for game, result in results.items()},
@@ -194,13 +198,13 @@ def run_multi_game(cfg, run_dir: Path
 
 
 def evaluate_games(cfg, model, results: dict[str, GameResult], field_name: str,
-                   logdir: Path, step: int) -> None:
+                   logdir: Path, step: int, before: str | None = None) -> None:
     """Play every game in both modes ('expert' with kappa `multigame.kappa`, 'target'
     on the dataset's best clipped return) and store the returns in each result's
     `field_name` dict; TensorBoard `eval/<game>/<mode>_return` and
-    `..._human_normalized` at `step` in `logdir`. After fine-tuning
-    (`field_name` 'online_returns') the offline model's scores are written there too,
-    at env step 0, so each game's curve in `finetune/` runs from before to after."""
+    `..._human_normalized` at `step` in `logdir`. With `before` (another such field,
+    e.g. 'returns' after fine-tuning) those scores are written there too, at step 0, so
+    each game's curve in `logdir` runs from before to after."""
     mg, options = cfg.multigame, env_options(cfg)
     with SummaryWriter(logdir) as writer:
         for game, result in results.items():
@@ -211,8 +215,8 @@ def evaluate_games(cfg, model, results: dict[str, GameResult], field_name: str,
             returns["target"] = play(model, game, mg.eval_episodes, cfg.eval.seed, options,
                                      "target", target_return=best)
             written = [(returns, step)]
-            if field_name == "online_returns":
-                written.insert(0, (result.returns, 0))
+            if before is not None:
+                written.insert(0, (getattr(result, before), 0))
             for values_by_mode, at in written:
                 for mode, values in values_by_mode.items():
                     mean = float(values.mean())
@@ -354,8 +358,3 @@ def finetune_online(cfg, run_dir: Path, checkpoint: Path,
             "preload_rss_mib": round(preloaded_mib, 1),
             "final_rss_growth_mib": round(final_mib - rss_before, 1)}
 
-
-def rss_mib() -> float:
-    """This process's resident memory now, in MiB (Linux /proc)."""
-    pages = int(Path("/proc/self/statm").read_text().split()[1])
-    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20

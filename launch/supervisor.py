@@ -203,3 +203,9 @@ def raise_on_stop_signals() -> dict:
 def restore_signals(previous: dict) -> None:
     for sig, handler in previous.items():
         signal.signal(sig, handler)
+
+
+def rss_mib(pid: int | str = "self") -> float:
+    """Resident memory of process `pid` (default: this one) now, MiB (Linux /proc)."""
+    pages = int(Path(f"/proc/{pid}/statm").read_text().split()[1])
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20

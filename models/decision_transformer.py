@@ -190,8 +190,9 @@ class Block(nn.Module):
         return x + self.mlp(self.ln_2(x))
 
     def forward_last(self, x: torch.Tensor, attn_mask: torch.Tensor) -> torch.Tensor:
-        """`forward`'s output at the last position only, (B, 1, D), without dropout;
-        `attn_mask` is the last row of the full mask, (B, 1, 1, L)."""
+        """`forward`'s output at the last position only, (B, 1, D), for a model in eval
+        mode (the attention here applies no dropout); `attn_mask` is the last row of
+        the full mask, (B, 1, 1, L)."""
         x_last = x[:, -1:] + self.attn.forward_last(self.ln_1(x), attn_mask)
         return x_last + self.mlp(self.ln_2(x_last))
 
@@ -390,9 +391,9 @@ class DecisionTransformer(nn.Module):
         return self.action_head(self.encode(states, actions, returns_to_go, timesteps, mask))
 
     def act(self, states, actions, returns_to_go, timesteps, mask):
-        """`forward`'s output at the newest step only (T = 1 in its shapes), in eval
-        mode, for acting: the newest action token (a placeholder that no state token
-        sees) is left out, and the last block computes its query, output projection
+        """`forward`'s output at the newest step only (T = 1 in its shapes), for acting
+        with a model in eval mode: the newest action token (a placeholder that no state
+        token sees) is left out, and the last block computes its query, output projection
         and MLP at the newest state token alone, with keys and values of all tokens.
         Equal to `forward(...)[:, -1:]` up to float rounding (a third fewer FLOPs for
         a 2-layer model)."""

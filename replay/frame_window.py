@@ -237,7 +237,8 @@ class FrameWindowWriter:
 
     `num_actions` bounds the action indices (the full Atari set by default),
     `num_games` (when given) the game indices. Blocking on the rate limiter and `close`
-    as `WindowWriter`.
+    as `WindowWriter`, which it holds rather than extends: `replay.writer` imports Reverb,
+    and this module stays importable without it.
     """
 
     def __init__(self, client_or_address, spec, num_actions: int = NUM_ATARI_ACTIONS,
@@ -271,7 +272,7 @@ class FrameWindowWriter:
         n = len(columns["actions"])
         columns["mask"] = np.ones(n, np.float32)
         columns["game"] = np.full(n, game, np.int64)
-        return self._writer._write_columns(columns, n)
+        return self._writer.write_columns(columns, n)
 
     def close(self, timeout_ms: int = 10_000) -> None:
         self._writer.close(timeout_ms)

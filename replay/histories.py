@@ -42,9 +42,6 @@ from replay.datasets import (
     DatasetError,
     Episode,
     PathLike,
-    check_action_indices,
-    check_episodes,
-    minari_extra_metadata,
     _open_hdf5,
     _read_errors_as_dataset_error,
     _read_minari_episodes,
@@ -53,6 +50,9 @@ from replay.datasets import (
     _resolve_minari_folder,
     _staging,
     _step_flags,
+    check_action_indices,
+    check_episodes,
+    minari_extra_metadata,
 )
 
 HISTORY_TAGS = ("task_id", "history_id", "episode_in_history", "source_updates")

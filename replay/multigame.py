@@ -56,10 +56,6 @@ from replay.datasets import (
     DatasetError,
     Episode,
     PathLike,
-    check_action_indices,
-    check_episodes,
-    create_uint8_dataset,
-    minari_extra_metadata,
     _open_hdf5,
     _read_errors_as_dataset_error,
     _read_minari_episodes,
@@ -68,6 +64,10 @@ from replay.datasets import (
     _resolve_minari_folder,
     _staging,
     _step_flags,
+    check_action_indices,
+    check_episodes,
+    create_uint8_dataset,
+    minari_extra_metadata,
 )
 
 EPISODE_TAGS = ("game", "policy")

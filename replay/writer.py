@@ -57,8 +57,8 @@ class WindowWriter:
     `max_pending_items` items it waits until at most that many are unconfirmed (so
     never more than twice that are pending; Reverb warns above 50), and it returns
     once the whole episode is confirmed. Call `close` when done; writing after `close`
-    raises RuntimeError. Subclasses turn their episode type into columns and call
-    `_write_columns`.
+    raises RuntimeError. Subclasses and wrappers turn their episode type into columns
+    and call `write_columns`.
     """
 
     def __init__(
@@ -90,7 +90,7 @@ class WindowWriter:
         self.items_written = 0
         """Items (windows) created by this writer so far."""
 
-    def _write_columns(self, columns: dict[str, np.ndarray], length: int) -> int:
+    def write_columns(self, columns: dict[str, np.ndarray], length: int) -> int:
         """Append one episode of `length` steps (`columns`: name -> (length, ...) array
         in the stored dtype, every stored column) and end it; return `length`."""
         if self._closed:
@@ -197,7 +197,7 @@ class EpisodeWriter(WindowWriter):
         if length == 0:
             return 0
         columns["mask"] = np.ones(length, np.float32)
-        return self._write_columns(self._stored.pack(columns), length)
+        return self.write_columns(self._stored.pack(columns), length)
 
     def _step_columns(self, steps: FlatSteps) -> dict[str, np.ndarray]:
         """FlatSteps columns as the table's dtypes, after checking they are one episode."""
