@@ -227,19 +227,22 @@ class Actor:
             t0 = time.perf_counter()
             ids, result = env.recv()
             t1 = time.perf_counter()
-            for j in np.flatnonzero(result.is_transition):
-                i = ids[j]
-                buffers[i].add(taken[i].copy(), float(result.rewards[j]), result.observations[j])
-                if result.done[j]:
+            moved, done = result.is_transition, result.done
+            # Python lists: the per-env loop reads plain ints, floats and bools.
+            id_list, reward_list, done_list = ids.tolist(), result.rewards.tolist(), done.tolist()
+            for j, was_reset in enumerate(result.is_reset.tolist()):
+                i = id_list[j]
+                if was_reset:
+                    buffers[i] = _EpisodeBuffer(result.observations[j], stats.weights_step)
+                    continue
+                buffers[i].add(taken[i].copy(), reward_list[j], result.observations[j])
+                stats.env_steps += 1
+                if done_list[j]:
                     self._finish(buffers[i], bool(result.terminated[j]))
-            stats.env_steps += int(result.is_transition.sum())
-            for j in np.flatnonzero(result.is_reset):
-                buffers[ids[j]] = _EpisodeBuffer(result.observations[j], stats.weights_step)
             observations[ids] = result.observations
             rewards[ids] = result.rewards
-            ctx.advance(self._rows(n, ids, result.is_transition & ~result.done), observations,
-                        rewards)
-            ctx.start(self._rows(n, ids, result.is_reset), observations, self.target_return)
+            ctx.advance(ids[moved & ~done], observations, rewards)
+            ctx.start(ids[result.is_reset], observations, self.target_return)
             t2 = time.perf_counter()
             actions = self.policy.act(ctx, ids)
             t3 = time.perf_counter()
@@ -250,13 +253,6 @@ class Actor:
             stats.inference_s += t3 - t2
             stats.env_s += (t1 - t0) + (t4 - t3)
         return stats
-
-    @staticmethod
-    def _rows(n: int, ids: np.ndarray, selected: np.ndarray) -> np.ndarray:
-        """A boolean mask over all n envs, true for the envs ids[selected]."""
-        rows = np.zeros(n, bool)
-        rows[ids[selected]] = True
-        return rows
 
     def _finish(self, buffer: _EpisodeBuffer, terminated: bool) -> None:
         steps = buffer.finish(terminated)

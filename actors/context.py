@@ -21,18 +21,30 @@ from models import Categorical, SquashedGaussian
 class ContextBuffer:
     """The last `context_len` steps of `num_envs` environments. States keep
     `obs_dtype` (uint8 frames stay uint8 until the model's encoder); actions are
-    (act_dim,) float vectors, or int64 action indices when `discrete`."""
+    (act_dim,) float vectors, or int64 action indices when `discrete`.
+
+    The five per-step fields (`states`, `actions`, `returns_to_go`, `timesteps`,
+    `mask`, each shaped (num_envs, context_len, ...)) are views of one record array,
+    so making room for a new step is one copy, not one per field. The views are
+    strided; `BatchedPolicy.act` gathers contiguous copies for the model.
+    """
+
+    FIELDS = ("states", "actions", "returns_to_go", "timesteps", "mask")
 
     def __init__(self, num_envs: int, context_len: int, obs_shape: Sequence[int], act_dim: int,
                  *, obs_dtype: str = "float32", discrete: bool = False):
         self.num_envs = num_envs
         self.context_len = context_len
-        self.states = np.zeros((num_envs, context_len, *obs_shape), np.dtype(obs_dtype))
-        self.actions = (np.zeros((num_envs, context_len), np.int64) if discrete
-                        else np.zeros((num_envs, context_len, act_dim), np.float32))
-        self.returns_to_go = np.zeros((num_envs, context_len), np.float32)
-        self.timesteps = np.zeros((num_envs, context_len), np.int64)
-        self.mask = np.zeros((num_envs, context_len), np.float32)
+        action = ("actions", np.int64) if discrete else ("actions", np.float32, (act_dim,))
+        step = np.dtype([("states", np.dtype(obs_dtype), tuple(obs_shape)), action,
+                         ("returns_to_go", np.float32), ("timesteps", np.int64),
+                         ("mask", np.float32)], align=True)
+        self._steps = np.zeros((num_envs, context_len), step)
+        self.states = self._steps["states"]
+        self.actions = self._steps["actions"]
+        self.returns_to_go = self._steps["returns_to_go"]
+        self.timesteps = self._steps["timesteps"]
+        self.mask = self._steps["mask"]
 
     @classmethod
     def for_env(cls, num_envs: int, context_len: int, spec) -> ContextBuffer:
@@ -41,30 +53,38 @@ class ContextBuffer:
                    obs_dtype=spec.observation_dtype, discrete=spec.discrete)
 
     def start(self, envs: np.ndarray, observations: np.ndarray, target_return: float) -> None:
-        """Begin new episodes for the envs selected by the boolean mask `envs`."""
-        for arr in (self.states, self.actions, self.returns_to_go, self.timesteps, self.mask):
-            arr[envs] = 0
-        self.states[envs, -1] = observations[envs]
-        self.returns_to_go[envs, -1] = target_return
-        self.mask[envs, -1] = 1.0
+        """Begin new episodes for the envs selected by `envs` (a boolean mask over all
+        envs, or their row indices)."""
+        rows = self._rows(envs)
+        if rows.size == 0:
+            return
+        self._steps[rows] = np.zeros((), self._steps.dtype)
+        self.states[rows, -1] = observations[rows]
+        self.returns_to_go[rows, -1] = target_return
+        self.mask[rows, -1] = 1.0
 
     def advance(self, envs: np.ndarray, observations: np.ndarray, rewards: np.ndarray) -> None:
-        """Append the next step for the envs selected by `envs` (after a transition)."""
-        if not envs.any():
+        """Append the next step for the envs selected by `envs` (a boolean mask over all
+        envs, or their row indices) after a transition; every selected env must have
+        begun an episode. `observations` and `rewards` are indexed by env, like the
+        buffer's rows."""
+        rows = self._rows(envs)
+        if rows.size == 0:
             return
-        next_rtg = self.returns_to_go[:, -1] - rewards
-        next_t = self.timesteps[:, -1] + 1
-        every = envs.all()
-        for arr in (self.states, self.actions, self.returns_to_go, self.timesteps, self.mask):
-            if every:
-                arr[:, :-1] = arr[:, 1:]
-            else:
-                arr[envs, :-1] = arr[envs, 1:]
-        self.states[envs, -1] = observations[envs]
-        self.actions[envs, -1] = 0.0
-        self.returns_to_go[envs, -1] = next_rtg[envs]
-        self.timesteps[envs, -1] = next_t[envs]
-        self.mask[envs, -1] = 1.0
+        if rows.size == self.num_envs:  # every env: slices, no gathers
+            rows = slice(None)
+        # The newest step moves left and stays in place as the new step's start: its
+        # mask is already 1, its timestep and return-to-go are updated in place.
+        self._steps[rows, :-1] = self._steps[rows, 1:]
+        self.states[rows, -1] = observations[rows]
+        self.actions[rows, -1] = 0
+        self.returns_to_go[rows, -1] -= rewards[rows]
+        self.timesteps[rows, -1] += 1
+
+    @staticmethod
+    def _rows(envs: np.ndarray) -> np.ndarray:
+        envs = np.asarray(envs)
+        return np.flatnonzero(envs) if envs.dtype == bool else envs
 
     def record_actions(self, actions: np.ndarray, rows: np.ndarray | None = None) -> None:
         """The actions just taken at the newest step of every env (or of the envs `rows`)."""
@@ -104,9 +124,8 @@ class BatchedPolicy:
         if self.model.training:  # eval() walks every module: an eighth of a small forward
             self.model.eval()
         dev = self.device
-        arrays = (ctx.states, ctx.actions, ctx.returns_to_go, ctx.timesteps, ctx.mask)
-        if rows is not None:
-            arrays = tuple(a[rows] for a in arrays)
+        rows = slice(None) if rows is None else rows
+        arrays = (np.ascontiguousarray(getattr(ctx, name)[rows]) for name in ctx.FIELDS)
         # The newest step's output alone where the model has that path (`act`).
         forward = getattr(self.model, "act", self.model)
         out = forward(*(torch.from_numpy(a).to(dev) for a in arrays))

@@ -107,3 +107,44 @@ def test_new_weights_are_swapped_in_and_change_actions():
     np.testing.assert_allclose(after, expected, atol=1e-6)
     original = BatchedPolicy(tiny_model(seed=0, head="deterministic"), mode="mean")
     assert not np.allclose(after, original.act(actor.ctx), atol=1e-4)
+
+
+def test_context_rows_hold_the_training_window_of_each_env():
+    """Envs advanced in interleaved subsets (as send/recv batches come back) each hold
+    the window `gather_windows` cuts from their episode, with the return-to-go counted
+    down from the target, and the newest action zero until it is recorded."""
+    from actors.context import ContextBuffer
+    from replay.windows import flatten_episode, gather_windows
+
+    rng = np.random.default_rng(0)
+    n, K, T, target = 3, 4, 7, 50.0
+    obs = rng.normal(size=(n, T + 1, 4)).astype(np.float32)
+    acts = rng.uniform(-1, 1, (n, T, 2)).astype(np.float32)
+    rews = rng.normal(size=(n, T)).astype(np.float32)
+    ctx = ContextBuffer(n, K, (4,), 2)
+    ctx.start(np.ones(n, bool), obs[:, 0], target)
+    t = np.zeros(n, int)
+    for turn in range(3 * T):
+        rows = [np.array([0, 2]), np.array([1]), np.array([2, 0, 1])][turn % 3]
+        rows = rows[t[rows] < T]
+        if rows.size == 0:
+            continue
+        for i in rows:  # the window the policy sees before acting at step t[i]
+            steps = flatten_episode(obs[i], acts[i], rews[i], terminated=False)
+            want = gather_windows(steps, np.array([t[i]]), K)
+            np.testing.assert_array_equal(ctx.states[i], want["observations"][0])
+            np.testing.assert_array_equal(ctx.timesteps[i], want["timesteps"][0])
+            np.testing.assert_array_equal(ctx.mask[i], want["mask"][0])
+            np.testing.assert_array_equal(ctx.actions[i, :-1], want["actions"][0, :-1])
+            assert not ctx.actions[i, -1].any()
+            first = max(t[i] - K + 1, 0)
+            rtg = target - np.concatenate(([0.0], np.cumsum(rews[i], dtype=np.float32)))
+            np.testing.assert_allclose(ctx.returns_to_go[i, K - 1 - (t[i] - first):],
+                                       rtg[first:t[i] + 1], rtol=1e-6)
+        ctx.record_actions(acts[rows, t[rows]], rows)
+        rewards = np.zeros(n, np.float32)
+        rewards[rows] = rews[rows, t[rows]]
+        t[rows] += 1
+        observations = np.zeros((n, 4), np.float32)
+        observations[rows] = obs[rows, t[rows]]
+        ctx.advance(rows, observations, rewards)
