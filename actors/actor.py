@@ -71,24 +71,34 @@ class BackgroundSink:
 
     `write` returns as soon as the episode is queued; it blocks only while
     `max_queued` episodes already wait, so a sink held back by the replay rate
-    limiter still holds the actor back, `max_queued` episodes later. An error in the
-    thread is raised by the next `write` or by `close`. The inner sink is created
-    lazily by its own first write, so its Reverb writer belongs to the thread.
+    limiter still holds the actor back, `max_queued` episodes later. Once
+    `should_stop()` is true a blocked `write` gives up and drops its episode: the run
+    is ending, and a learner that has stopped sampling would hold it forever. An error
+    in the thread is raised by the next `write` or by `close`. The inner sink is
+    created lazily by its own first write, so its Reverb writer belongs to the thread.
     """
 
-    def __init__(self, sink: EpisodeSink, max_queued: int = 4):
+    def __init__(self, sink: EpisodeSink, max_queued: int = 4,
+                 should_stop: Callable[[], bool] = lambda: False):
         if max_queued < 1:
             raise ValueError(f"{max_queued=} must be >= 1")
         self.sink = sink
+        self.should_stop = should_stop
         self._queue: queue.Queue = queue.Queue(maxsize=max_queued)
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="episode-writer", daemon=True)
         self._thread.start()
 
     def write(self, steps: FlatSteps) -> int:
+        """Queue `steps`; return its length, or 0 when it was dropped at a stop."""
         self._raise_error()
-        self._queue.put(steps)
-        return len(steps)
+        while True:
+            try:
+                self._queue.put(steps, timeout=0.1)
+                return len(steps)
+            except queue.Full:
+                if self.should_stop():
+                    return 0
 
     def close(self, timeout_s: float = 10.0, discard_queued: bool = False) -> bool:
         """Stop the thread after the queued episodes (or, with `discard_queued`, after

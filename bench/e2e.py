@@ -18,7 +18,7 @@ Targets: distributed within 1.2x of the floor, faster than serial, with an
 evaluation return at least the serial one's.
 
     python -m bench.e2e [--env_steps=200] [--pretrain_updates=100] [--tolerance_steps=50]
-        [--objective=odt_td3]
+        [--objective=odt_td3] [--set=compute.cpu_threads=2 ...]
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ from actors.context import BatchedPolicy, ContextBuffer
 from actors.envs import VectorEnv, env_spec
 from actors.evaluate import evaluate
 from bench.learner import peak_rss_mib
+from launch.flags import apply_setting
 from launch.local import run_inline, run_local
 from launch.pipeline import obtain_dataset, pretrain, save_config
 from launch.presets import get_preset
@@ -168,8 +169,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--eval_episodes", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=None, help="run folder; default: a temporary one")
+    parser.add_argument("--set", action="append", default=[],
+                        help="config override, dotted field=value (repeatable), e.g. "
+                             "--set=compute.cpu_threads=2")
     args = parser.parse_args(argv)
     cfg = get_preset(args.preset)
+    for item in args.set:
+        cfg = apply_setting(cfg, item)
     cfg = replace(
         cfg, seed=args.seed,
         objective=replace(cfg.objective, kind=args.objective or cfg.objective.kind),

@@ -90,9 +90,8 @@ def run_inline(cfg, checkpoint: str | Path, run_dir: Path, *, dataset_path: str 
     cfg, payload, env_info, dataset_path, paths = start_run(cfg, checkpoint, run_dir,
                                                              dataset_path)
     program = run_roles(1)
-    # One stop event per role, set in `stop_order`: an actor held by the rate limiter is
-    # released by the learner's samples, so the learner stops after the actors (a thread,
-    # unlike a process, cannot be killed).
+    # One stop event per role, set in `stop_order`: the learner first, then the actors,
+    # whose writes held by the rate limiter give up at their stop.
     stops = {role.name: threading.Event() for role in program}
     ready: queue.Queue = queue.Queue()
     threads: dict[str, threading.Thread] = {}
@@ -175,7 +174,14 @@ def run_local(cfg, checkpoint: str | Path, run_dir: Path, *, dataset_path: str |
     cfg, payload, env_info, dataset_path, paths = start_run(cfg, checkpoint, run_dir,
                                                              dataset_path)
     sup = Supervisor(run_dir, cfg.finetune.max_restarts, cfg.finetune.restart_backoff_s)
-    stop_workers, stop_replay = StopFlag(sup.ctx), StopFlag(sup.ctx)
+    # Stopped in `stop_order`: the learner, then the actors and the evaluator.
+    stop_learner, stop_acting, stop_replay = (StopFlag(sup.ctx), StopFlag(sup.ctx),
+                                              StopFlag(sup.ctx))
+
+    def stop_workers() -> None:
+        stop_learner.set()
+        stop_acting.set()
+
     ready = sup.ctx.Queue()
     start = time.perf_counter()
     previous = raise_on_stop_signals()
@@ -190,18 +196,20 @@ def run_local(cfg, checkpoint: str | Path, run_dir: Path, *, dataset_path: str |
             wait_for_server(address, timeout_s=30)
             spec = roles.replay_spec(cfg, env_info, preload_items)
             for role in program[1:]:
+                stop = stop_learner if role.kind == "learner" else stop_acting
                 sup.start(role.name, roles.worker_role, role, cfg, paths, address, spec,
-                          stop_workers, restartable=role.restartable)
+                          stop, restartable=role.restartable)
             watch_budget(address, preload_items, cfg.finetune.env_steps, status, sup.poll,
                           lambda: sum(r.restarts for r in sup.roles.values()))
-            stop_workers.set()
+            stop_learner.set()
             sup.join(["learner"], timeout=120)
+            stop_acting.set()
             sup.join([role.name for role in program if role.restartable], timeout=15)
             if sup.alive("learner"):
                 raise RoleDied("learner did not stop within 120 s")
             sup.poll()
         except StopSignal as sig:
-            stop_workers.set()
+            stop_workers()
             sup.join(["learner"], timeout=SIGNAL_STOP_S - 4)  # its final checkpoints
             _stop_workers(sup, 1.0)
             stop_replay.set()
@@ -211,12 +219,12 @@ def run_local(cfg, checkpoint: str | Path, run_dir: Path, *, dataset_path: str |
                                  f"{paths.learner_checkpoint}; {resume_hint(run_dir)}",
                                  sig.signum) from None
         except RoleDied as died:
-            stop_workers.set()
+            stop_workers()
             _stop_after_failure(sup, address, paths, preload_items)
             raise RunFailed(f"{died}; the run stopped. The learner's last checkpoint is "
                             f"{paths.learner_checkpoint}; {resume_hint(run_dir)}") from None
     finally:
-        stop_workers.set()
+        stop_workers()
         stop_replay.set()
         sup.join(["replay"], timeout=3)
         sup.kill_all(grace_s=0.5)

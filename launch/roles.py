@@ -370,7 +370,7 @@ def actor_role(actor_id: int, cfg, paths: RunPaths, address: str, spec: ReplaySp
                          env_steps=lambda: base_step + actor.stats.env_steps)
         sink = TeeSink(sink, log)
     if cfg.actor.background_writes:
-        sink = BackgroundSink(sink)
+        sink = BackgroundSink(sink, should_stop=stop.is_set)
     started = time.perf_counter()
 
     def on_episode(ret: float, length: int, lag: int) -> None:
@@ -403,8 +403,10 @@ def actor_role(actor_id: int, cfg, paths: RunPaths, address: str, spec: ReplaySp
         env.close()
         if isinstance(sink, BackgroundSink):
             # The run is stopping: episodes still queued are not worth a write the rate
-            # limiter may hold once the learner has stopped.
-            sink.close(discard_queued=True)
+            # limiter may hold for long (a 1000-step episode needs 1000 more updates at
+            # one update per step), so they are dropped, and the episode being written
+            # is given a second before the process ends with its thread.
+            sink.close(timeout_s=1.0, discard_queued=True)
         else:
             sink.close()
 

@@ -148,3 +148,34 @@ def test_context_rows_hold_the_training_window_of_each_env():
         observations = np.zeros((n, 4), np.float32)
         observations[rows] = obs[rows, t[rows]]
         ctx.advance(rows, observations, rewards)
+
+
+def test_a_held_background_write_gives_up_at_the_stop():
+    """A sink held forever (a learner that stopped sampling) holds `write` only until
+    `should_stop`; the held episode is dropped and `close` returns after its timeout."""
+    import threading
+
+    from actors.actor import BackgroundSink
+    from replay.windows import flatten_episode
+
+    release, stop = threading.Event(), threading.Event()
+
+    class HeldSink:
+        def write(self, steps):
+            release.wait()
+            return len(steps)
+
+    steps = flatten_episode(np.zeros((4, 4)), np.zeros((3, 1)), np.zeros(3), False)
+    sink = BackgroundSink(HeldSink(), max_queued=1, should_stop=stop.is_set)
+    assert sink.write(steps) == 3  # taken by the thread, which is now held
+    assert sink.write(steps) == 3  # queued
+    result = []
+    writer = threading.Thread(target=lambda: result.append(sink.write(steps)), daemon=True)
+    writer.start()
+    writer.join(0.5)
+    assert writer.is_alive() and not result  # held while the queue is full
+    stop.set()
+    writer.join(5.0)
+    assert result == [0]
+    assert sink.close(timeout_s=0.2, discard_queued=True) is False
+    release.set()
