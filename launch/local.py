@@ -90,8 +90,8 @@ def run_inline(cfg, checkpoint: str | Path, run_dir: Path, *, dataset_path: str 
     cfg, payload, env_info, dataset_path, paths = start_run(cfg, checkpoint, run_dir,
                                                              dataset_path)
     program = run_roles(1)
-    # One stop event per role, set in `stop_order`: the learner first, then the actors,
-    # whose writes held by the rate limiter give up at their stop.
+    # One stop event per role, set in `stop_order`: the actors first (a write held by the
+    # rate limiter gives up at their stop), then the learner.
     stops = {role.name: threading.Event() for role in program}
     ready: queue.Queue = queue.Queue()
     threads: dict[str, threading.Thread] = {}
@@ -174,7 +174,7 @@ def run_local(cfg, checkpoint: str | Path, run_dir: Path, *, dataset_path: str |
     cfg, payload, env_info, dataset_path, paths = start_run(cfg, checkpoint, run_dir,
                                                              dataset_path)
     sup = Supervisor(run_dir, cfg.finetune.max_restarts, cfg.finetune.restart_backoff_s)
-    # Stopped in `stop_order`: the learner, then the actors and the evaluator.
+    # Stopped in `stop_order`: the actors and the evaluator, then the learner.
     stop_learner, stop_acting, stop_replay = (StopFlag(sup.ctx), StopFlag(sup.ctx),
                                               StopFlag(sup.ctx))
 
@@ -201,10 +201,10 @@ def run_local(cfg, checkpoint: str | Path, run_dir: Path, *, dataset_path: str |
                           stop, restartable=role.restartable)
             watch_budget(address, preload_items, cfg.finetune.env_steps, status, sup.poll,
                           lambda: sum(r.restarts for r in sup.roles.values()))
+            stop_acting.set()
+            _stop_workers(sup, 15)
             stop_learner.set()
             sup.join(["learner"], timeout=120)
-            stop_acting.set()
-            sup.join([role.name for role in program if role.restartable], timeout=15)
             if sup.alive("learner"):
                 raise RoleDied("learner did not stop within 120 s")
             sup.poll()

@@ -58,12 +58,11 @@ def run_roles(num_actors: int) -> tuple[Role, ...]:
 
 
 def stop_order(roles: Sequence[Role]) -> tuple[Role, ...]:
-    """The order to stop `roles` in: the learner first (it writes its final checkpoint
-    and reads the server's counters), while the actors still insert: a learner waiting
-    on a sample the rate limiter holds saw its stop flag only after ~20 s. Then the
-    actors and the evaluator (an actor's held write gives up at its stop,
-    `actors.actor.BackgroundSink`), the replay server last."""
-    rank = {"learner": 0, "actor": 1, "evaluator": 1, "replay": 2}
+    """The order to stop `roles` in: actors and the evaluator first, while the learner
+    still samples, so inserts the rate limiter holds are admitted (an actor's held
+    write also gives up at its stop, `actors.actor.BackgroundSink`); then the learner,
+    whose final replay checkpoint would wait on a held insert; the replay server last."""
+    rank = {"actor": 0, "evaluator": 0, "learner": 1, "replay": 2}
     return tuple(sorted(roles, key=lambda role: rank[role.kind]))
 
 
