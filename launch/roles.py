@@ -30,6 +30,7 @@ from replay.tables import (
 
 # isort: on
 import json
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -225,7 +226,8 @@ def learner_role(cfg, paths: RunPaths, address: str, spec: ReplaySpec, stop) -> 
 
     device = resolve_device(cfg.device)
     if device.type == "cpu":
-        torch.set_num_threads(cfg.compute.learner_cpu_threads(cfg.actor.num_actors))
+        torch.set_num_threads(cfg.compute.learner_cpu_threads(
+            learners=int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
     rank, world_size = distributed.init_from_env(device)
     device = distributed.local_device(device)
     torch.manual_seed(cfg.seed)

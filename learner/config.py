@@ -135,17 +135,19 @@ class ComputeConfig:
     """'on': single-kernel (fused) Adam/AdamW for the critic and temperature, and LAMB's
     multi-tensor (foreach) step; 'off': per-tensor steps."""
     cpu_threads: int = 0
-    """Intra-op threads of a fine-tuning learner on a CPU device; 0: the host's cores
-    less one per actor process of the run, at least 1 (`learner_cpu_threads`)."""
+    """Intra-op threads of a fine-tuning learner on a CPU device; 0: every core of the
+    host (`learner_cpu_threads`)."""
 
-    def learner_cpu_threads(self, num_actors: int, cores: int | None = None) -> int:
-        """Threads a CPU learner runs with beside `num_actors` actor processes on a host of
-        `cores` cores (default: this one's). torch's thread pool waits by spinning, so a
-        learner with a thread on every core, sharing them with busy actors, ran its updates
-        several times slower than with the cores left to it (DESIGN.md, "Performance")."""
+    def learner_cpu_threads(self, cores: int | None = None, learners: int = 1) -> int:
+        """Threads each of `learners` CPU learner processes (data-parallel ranks on one
+        host) runs with on a host of `cores` cores (default: this one's). Actors held by the replay rate limiter, as in every preset, use a few
+        percent of a core, so the learner takes them all: on 2 cores with two quickstart
+        actors its loop ran 1.3x faster on 2 threads than on 1 (DESIGN.md,
+        "Performance"). Actors that run free (a rate limiter that seldom holds them,
+        costly envs) are better left a core each with `cpu_threads`."""
         if self.cpu_threads > 0:
             return self.cpu_threads
-        return max(1, (cores or os.cpu_count() or 1) - num_actors)
+        return max(1, (cores or os.cpu_count() or 1) // max(learners, 1))
 
     def validate(self) -> list[str]:
         problems = []

@@ -154,14 +154,15 @@ def test_the_learner_reports_the_compute_path_in_effect():
     assert learner.compute_path == "fp32, eager, per-tensor optimizers"
 
 
-def test_a_cpu_learner_leaves_a_core_to_each_actor_process():
+def test_a_cpu_learner_takes_every_core_unless_told():
     from learner.config import ComputeConfig
 
     auto = ComputeConfig()
-    assert auto.learner_cpu_threads(num_actors=1, cores=2) == 1
-    assert auto.learner_cpu_threads(num_actors=2, cores=16) == 14
-    assert auto.learner_cpu_threads(num_actors=8, cores=4) == 1
-    assert ComputeConfig(cpu_threads=3).learner_cpu_threads(num_actors=1, cores=2) == 3
+    assert auto.learner_cpu_threads(cores=2) == 2
+    assert auto.learner_cpu_threads(cores=16) == 16
+    assert auto.learner_cpu_threads(cores=16, learners=4) == 4  # torchrun ranks share it
+    assert auto.learner_cpu_threads(cores=2, learners=4) == 1
+    assert ComputeConfig(cpu_threads=3).learner_cpu_threads(cores=2) == 3
     assert ComputeConfig(cpu_threads=-1).validate() == [
         "compute.cpu_threads=-1 must be >= 0 (0: auto)"]
 
