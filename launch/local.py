@@ -57,6 +57,7 @@ from launch.runs import (
     watch_budget,
 )
 from launch.supervisor import (
+    ReplayReady,
     RoleDied,
     StopFlag,
     StopSignal,
@@ -191,14 +192,17 @@ def run_local(cfg, checkpoint: str | Path, run_dir: Path, *, dataset_path: str |
         try:
             sup.start(program[0].name, roles.replay_role, cfg, env_info, dataset_path,
                       cfg.replay.port, ready, stop_replay, str(paths.replay_checkpoints))
+            # The workers start now and import TensorFlow and torch while the server
+            # preloads; they begin once it answers.
+            replay = ReplayReady(sup.ctx)
+            for role in program[1:]:
+                stop = stop_learner if role.kind == "learner" else stop_acting
+                sup.start(role.name, roles.worker_role_when_ready, role, cfg, paths, env_info,
+                          replay, stop, restartable=role.restartable)
             port, preload_items = _wait_ready(ready, sup, timeout_s=300)
             address = f"localhost:{port}"
             wait_for_server(address, timeout_s=30)
-            spec = roles.replay_spec(cfg, env_info, preload_items)
-            for role in program[1:]:
-                stop = stop_learner if role.kind == "learner" else stop_acting
-                sup.start(role.name, roles.worker_role, role, cfg, paths, address, spec,
-                          stop, restartable=role.restartable)
+            replay.set(port, preload_items)
             watch_budget(address, preload_items, cfg.finetune.env_steps, status, sup.poll,
                           lambda: sum(r.restarts for r in sup.roles.values()))
             stop_acting.set()

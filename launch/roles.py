@@ -461,6 +461,18 @@ def evaluator_role(cfg, paths: RunPaths, address: str, spec: ReplaySpec, stop,
         writer.close()
 
 
+def worker_role_when_ready(role: Role, cfg, paths: RunPaths, env_info: dict, replay, stop,
+                           incarnation: int = 0) -> None:
+    """`worker_role` in a process started beside the replay server: waits until the
+    launcher sets `replay` (`launch.supervisor.ReplayReady`) or `stop`."""
+    ready = replay.wait(stop)
+    if ready is None:
+        return
+    port, preload_items = ready
+    worker_role(role, cfg, paths, f"localhost:{port}", replay_spec(cfg, env_info, preload_items),
+                stop, incarnation)
+
+
 def worker_role(role: Role, cfg, paths: RunPaths, address: str, spec: ReplaySpec, stop,
                 incarnation: int = 0, own_process: bool = True) -> None:
     """The learner, an actor or the evaluator of `launch.program` (every role but the

@@ -176,6 +176,27 @@ class StopFlag:
         return True
 
 
+class ReplayReady:
+    """The replay server's port and preloaded item count, for workers started before
+    the server was ready (they import TensorFlow and torch meanwhile). Lock-free
+    shared integers, like StopFlag; set once."""
+
+    def __init__(self, ctx):
+        self._values = ctx.RawArray(ctypes.c_int64, 3)  # ready, port, preload items
+
+    def set(self, port: int, preload_items: int) -> None:
+        self._values[1], self._values[2] = port, preload_items
+        self._values[0] = 1
+
+    def wait(self, stop) -> tuple[int, int] | None:
+        """(port, preload items) once set; None if `stop` is set first."""
+        while not self._values[0]:
+            if stop.is_set():
+                return None
+            time.sleep(0.02)
+        return int(self._values[1]), int(self._values[2])
+
+
 class StopSignal(BaseException):
     """SIGINT or SIGTERM, raised in the main thread by `raise_on_stop_signals`."""
 
