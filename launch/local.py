@@ -7,10 +7,10 @@
 
 Starts the replay server (preloading the top offline trajectories when the
 checkpoint's dataset is at hand, or restoring the run's replay checkpoint on
---resume), waits until it answers, then the learner, N actors and the evaluator;
-prints a status line; stops everything at the environment-step budget, and never
-leaves a child process behind. Ends with a final evaluation of the learner's last
-weights.
+--resume) and beside it the learner, N actors and the evaluator, which begin once it
+answers; prints a status line; stops everything at the environment-step budget
+(actors and evaluator first, then the learner), and never leaves a child process
+behind. Ends with a final evaluation of the learner's last weights.
 
 Faults: a crashed actor or evaluator is restarted after 1 s, 2 s, 4 s, ...
 (finetune.max_restarts times each) and the run goes on. A crashed learner or replay
@@ -211,7 +211,11 @@ def run_local(cfg, checkpoint: str | Path, run_dir: Path, *, dataset_path: str |
             sup.join(["learner"], timeout=120)
             if sup.alive("learner"):
                 raise RoleDied("learner did not stop within 120 s")
-            sup.poll()
+            # The learner and the replay server; an actor killed above was held back.
+            for name, role in sup.roles.items():
+                code = sup.children[name].exitcode
+                if not role.restartable and code not in (None, 0):
+                    raise RoleDied(f"{name} exited with code {code} while stopping")
         except StopSignal as sig:
             stop_workers()
             sup.join(["learner"], timeout=SIGNAL_STOP_S - 4)  # its final checkpoints
