@@ -179,7 +179,7 @@ def run_local(cfg, checkpoint: str | Path, run_dir: Path, *, dataset_path: str |
     stop_learner, stop_acting, stop_replay = (StopFlag(sup.ctx), StopFlag(sup.ctx),
                                               StopFlag(sup.ctx))
 
-    def stop_workers() -> None:
+    def set_worker_stops() -> None:
         stop_learner.set()
         stop_acting.set()
 
@@ -206,20 +206,16 @@ def run_local(cfg, checkpoint: str | Path, run_dir: Path, *, dataset_path: str |
             watch_budget(address, preload_items, cfg.finetune.env_steps, status, sup.poll,
                           lambda: sum(r.restarts for r in sup.roles.values()))
             stop_acting.set()
-            _stop_workers(sup, 15)
+            _join_or_kill_actors(sup, 15)
             stop_learner.set()
             sup.join(["learner"], timeout=120)
             if sup.alive("learner"):
                 raise RoleDied("learner did not stop within 120 s")
-            # The learner and the replay server; an actor killed above was held back.
-            for name, role in sup.roles.items():
-                code = sup.children[name].exitcode
-                if not role.restartable and code not in (None, 0):
-                    raise RoleDied(f"{name} exited with code {code} while stopping")
+            sup.check_fatal()  # an actor killed above was held, not crashed
         except StopSignal as sig:
-            stop_workers()
+            set_worker_stops()
             sup.join(["learner"], timeout=SIGNAL_STOP_S - 4)  # its final checkpoints
-            _stop_workers(sup, 1.0)
+            _join_or_kill_actors(sup, 1.0)
             stop_replay.set()
             sup.join(["replay"], timeout=1.5)
             name = signal.Signals(sig.signum).name
@@ -227,12 +223,12 @@ def run_local(cfg, checkpoint: str | Path, run_dir: Path, *, dataset_path: str |
                                  f"{paths.learner_checkpoint}; {resume_hint(run_dir)}",
                                  sig.signum) from None
         except RoleDied as died:
-            stop_workers()
+            set_worker_stops()
             _stop_after_failure(sup, address, paths, preload_items)
             raise RunFailed(f"{died}; the run stopped. The learner's last checkpoint is "
                             f"{paths.learner_checkpoint}; {resume_hint(run_dir)}") from None
     finally:
-        stop_workers()
+        set_worker_stops()
         stop_replay.set()
         sup.join(["replay"], timeout=3)
         sup.kill_all(grace_s=0.5)
@@ -240,9 +236,10 @@ def run_local(cfg, checkpoint: str | Path, run_dir: Path, *, dataset_path: str |
     return final_summary(cfg, paths, payload, time.perf_counter() - start)
 
 
-def _stop_workers(sup: Supervisor, timeout_s: float) -> None:
-    """Wait up to timeout_s for actors and evaluator to stop, then kill what is left:
-    an actor held by the rate limiter cannot stop once the learner is gone."""
+def _join_or_kill_actors(sup: Supervisor, timeout_s: float) -> None:
+    """Wait up to timeout_s for the actors and the evaluator to stop, then kill what is
+    left: an actor writing in its own loop (no background writer) and held by the rate
+    limiter cannot see its stop."""
     names = [name for name, role in sup.roles.items() if role.restartable]
     sup.join(names, timeout=max(timeout_s, 0.0))
     for name in names:
@@ -261,9 +258,9 @@ def _stop_after_failure(sup: Supervisor, address: str | None, paths, preload_ite
         # Its final checkpoint; a learner whose replay server died may be stuck in a
         # sample, and then its last checkpoint pair (learner and replay) is the one.
         sup.join(["learner"], timeout=15)
-        _stop_workers(sup, 2)
+        _join_or_kill_actors(sup, 2)
         return
-    _stop_workers(sup, 2)
+    _join_or_kill_actors(sup, 2)
     if address is not None and sup.alive("replay"):
         from replay.tables import as_client
 

@@ -122,6 +122,15 @@ class Supervisor:
                 role.restart_at = None
                 self._spawn(name)
 
+    def check_fatal(self) -> None:
+        """Raise RoleDied for a role that may not be restarted and exited with an error.
+        Restartable roles are not looked at: after a stop they may have been killed on
+        purpose."""
+        for name, role in self.roles.items():
+            code = self.children[name].exitcode
+            if not role.restartable and code not in (None, 0):
+                raise RoleDied(f"{name} exited with code {code}")
+
     def failed(self) -> list[str]:
         return [f"{name} (exit code {p.exitcode})" for name, p in self.children.items()
                 if p.exitcode not in (None, 0)]

@@ -140,9 +140,10 @@ class ComputeConfig:
 
     def learner_cpu_threads(self, cores: int | None = None, learners: int = 1) -> int:
         """Threads each of `learners` CPU learner processes (data-parallel ranks on one
-        host) runs with on a host of `cores` cores (default: this one's). Actors held by the replay rate limiter, as in every preset, use a few
-        percent of a core, so the learner takes them all: on 2 cores with two quickstart
-        actors its loop ran 1.3x faster on 2 threads than on 1 (DESIGN.md,
+        host) runs with on a host of `cores` cores (default: this one's): the cores
+        shared evenly. Actors held by the replay rate limiter, as in every preset, use a
+        few percent of a core, so the learners take them all: on 2 cores with two
+        quickstart actors the loop ran 1.3x faster on 2 threads than on 1 (DESIGN.md,
         "Performance"). Actors that run free (a rate limiter that seldom holds them,
         costly envs) are better left a core each with `cpu_threads`."""
         if self.cpu_threads > 0:

@@ -175,7 +175,7 @@ def test_a_held_background_write_gives_up_at_the_stop():
     writer.join(0.5)
     assert writer.is_alive() and not result  # held while the queue is full
     stop.set()
-    writer.join(5.0)
+    writer.join(60.0)  # it polls the flag every 0.1 s
     assert result == [0]
     assert sink.close(timeout_s=0.2, discard_queued=True) is False
     release.set()
