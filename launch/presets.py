@@ -11,6 +11,7 @@ Presets:
 
 from __future__ import annotations
 
+import math
 import os
 import typing
 from dataclasses import asdict, dataclass, field, is_dataclass, replace
@@ -53,6 +54,11 @@ class DataConfig:
     episode) or 'd4rl' (one HDF5 file of flat arrays; for 10k episodes and more it
     writes several times faster and reads in a fraction of a second)."""
     collect_seed: int = 1
+    state_std_floor: float = 0.0
+    """Least per-dimension std of the model's state normalization, which is computed
+    over the offline states and frozen with the checkpoint (0: ODT's std + 1e-6). Narrow
+    data such as a random policy's makes a tiny std, so states that fine-tuning
+    reaches later arrive far outside the inputs the model was trained on."""
 
 
 @dataclass(frozen=True)
@@ -295,6 +301,9 @@ def validate(cfg: RunConfig) -> list[str]:
                         "or 'd4rl'")
     if cfg.data.collect_noise < 0:
         problems.append(f"data.collect_noise={cfg.data.collect_noise} must be >= 0")
+    if not 0 <= cfg.data.state_std_floor < math.inf:
+        problems.append(f"data.state_std_floor={cfg.data.state_std_floor} must be finite "
+                        "and >= 0")
     if cfg.replay.item_format not in ITEM_FORMATS:
         problems.append(f"replay.item_format={cfg.replay.item_format!r} must be one of "
                         f"{', '.join(sorted(ITEM_FORMATS))}")

@@ -47,7 +47,8 @@ def pretrain(cfg, dataset: OfflineDataset, logdir: str | Path, *, action_box: Ac
     steps = flatten_episodes(dataset.episodes, action_box)
     sampler = item_format(cfg.replay.item_format).offline_sampler(
         steps, cfg.model.context_len, cfg.optim.batch_size, seed=cfg.seed)
-    statistics = None if cfg.model.frame_shape else state_statistics(dataset.episodes)
+    statistics = (None if cfg.model.frame_shape
+                  else state_statistics(dataset.episodes, cfg.data.state_std_floor))
     return train_offline(
         cfg, sampler, Path(logdir) / "pretrain", evaluate_fn=evaluate_fn,
         statistics=statistics, source=dataset.source, progress=progress,

@@ -32,11 +32,14 @@ def flatten_episodes(episodes: Sequence[Episode], action_box: ActionBox) -> Flat
     )
 
 
-def state_statistics(episodes: Sequence[Episode]) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and std of every state the episodes visit (std + 1e-6, as ODT), float32."""
+def state_statistics(episodes: Sequence[Episode],
+                     std_floor: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and std of every state the episodes visit, float32: the std is ODT's
+    std + 1e-6, raised to `std_floor` in each dimension where it is lower."""
     states = np.concatenate([ep.observations[: ep.length] for ep in episodes]).astype(np.float64)
     states = states.reshape(len(states), -1)
-    return states.mean(0).astype(np.float32), (states.std(0) + 1e-6).astype(np.float32)
+    std = np.maximum(states.std(0) + 1e-6, std_floor)
+    return states.mean(0).astype(np.float32), std.astype(np.float32)
 
 
 def top_episodes(episodes: Sequence[Episode], n: int) -> list[Episode]:

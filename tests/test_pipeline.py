@@ -244,6 +244,7 @@ def test_main_job_runs_the_offline_pipeline(tmp_path):
         (["--pretrain_updates=-3", "--eval_episodes=0"], "pretrain.updates=-3 must be >= 0"),
         (["--dataset=/nonexistent/x.hdf5"], "/nonexistent/x.hdf5: no such file"),
         (["--critic_pretrain_updates=-1"], "objective.critic_pretrain_updates=-1 must be >= 0"),
+        (["--set=data.state_std_floor=-0.5"], "data.state_std_floor=-0.5 must be finite"),
     ],
 )
 @pytest.mark.slow

@@ -324,3 +324,15 @@ def test_state_statistics_match_numpy_over_visited_states():
     assert mean.dtype == np.float32 and std.dtype == np.float32
     np.testing.assert_allclose(mean, states.mean(0), rtol=1e-6)
     np.testing.assert_allclose(std, states.std(0) + 1e-6, rtol=1e-6)
+
+
+def test_state_std_floor_raises_only_the_narrow_dimensions():
+    """`std_floor` lifts each dimension's std to at least the floor and leaves the wider
+    ones and the mean as they were."""
+    episodes = make_episodes()
+    mean, std = state_statistics(episodes)
+    floor = float(np.median(std))
+    floored_mean, floored = state_statistics(episodes, std_floor=floor)
+    np.testing.assert_array_equal(floored_mean, mean)
+    np.testing.assert_array_equal(floored, np.maximum(std, np.float32(floor)))
+    assert (std < floor).any() and (floored >= np.float32(floor)).all()
