@@ -11,15 +11,24 @@ D4RL-normalized where the task has reference returns.
 
     python -m bench.learning --seeds=0,1,2 [--preset=hopper-random-cpu] [--env_steps=6000]
         [--out=runs/learning] [--objectives=odt,odt_td3] [--set=objective.rl_coeff=0.5 ...]
+        [--jobs=1]
+
+`--jobs=N` runs up to N seeds at once, each in a process of its own (pretraining, then
+its objectives one after the other); their learners get the cores divided by N
+(`compute.cpu_threads`, unless it is set): torch threads that outnumber the cores slow
+every process far more than their share (DESIGN.md, "Threads").
 """
 
 from __future__ import annotations
 
 import json
+import multiprocessing
+import os
 import statistics
 import time
 from dataclasses import replace
 from pathlib import Path
+from queue import Empty
 
 from absl import flags
 
@@ -33,17 +42,103 @@ flags.DEFINE_list("objectives", ["odt", "odt_td3"],
                   "Objectives to fine-tune with (keys of learner.objectives.OBJECTIVES).")
 flags.DEFINE_multi_string("set", [], "Config override, dotted field=value, "
                           "e.g. --set=objective.rl_coeff=0.5; repeatable.")
+flags.DEFINE_integer("jobs", 1, "Seeds run at once, each in its own process.")
+
+
+def run_seed(base, dataset_path: str, seed: int, out: Path, objectives: list[str]) -> dict:
+    """Pretrain `seed` on the dataset at `dataset_path`, then fine-tune each of
+    `objectives` from that checkpoint; the seed's row of results."""
+    from launch.local import run_local
+    from launch.pipeline import pretrain, pretrain_critic, save_config
+    from learner.objectives import get_objective
+    from replay.datasets import load_dataset
+    from replay.scores import normalized_score
+
+    dataset = load_dataset(dataset_path)
+    cfg = replace(base, seed=seed, objective=replace(base.objective, kind="odt"))
+    pre_dir = out / f"pretrain-seed{seed}"
+    pre_dir.mkdir()
+    pre = pretrain(cfg, dataset, pre_dir)
+    row = {"seed": seed, "pretrained_return": pre.eval_return,
+           "pretrained_score": normalized_score(cfg.env.task_id, pre.eval_return)
+           if cfg.env.task_id else None}
+    for kind in objectives:
+        run_cfg = replace(cfg, objective=replace(cfg.objective, kind=kind))
+        run_dir = out / f"{kind}-seed{seed}"
+        run_dir.mkdir()
+        save_config(run_dir, run_cfg)
+        start = time.perf_counter()
+        checkpoint = pre.checkpoint
+        if get_objective(kind).uses_critic and run_cfg.objective.critic_pretrain_updates:
+            checkpoint = pretrain_critic(run_cfg, dataset, checkpoint, run_dir)
+        summary = run_local(run_cfg, checkpoint, run_dir, dataset_path=dataset.source,
+                            status=False)
+        row[f"{kind}_return"] = summary.final_return
+        row[f"{kind}_score"] = summary.final_normalized
+        row[f"{kind}_env_steps"] = summary.env_steps
+        row[f"{kind}_updates"] = summary.updates
+        row[f"{kind}_seconds"] = round(time.perf_counter() - start, 1)
+    return row
+
+
+def _seed_job(queue, *args) -> None:
+    """`run_seed` in a process of its own: its row, or its error's text, on `queue`."""
+    try:
+        queue.put(("row", run_seed(*args)))
+    except BaseException as error:
+        queue.put(("error", f"seed {args[2]}: {type(error).__name__}: {error}"))
+        raise
+
+
+def run_seeds(base, dataset_path: str, seeds: list[int], out: Path, objectives: list[str],
+              jobs: int) -> list[dict]:
+    """Every seed's row, in the order of `seeds`: one after the other in this process,
+    or up to `jobs` at once in spawned processes. A seed that fails raises RuntimeError
+    once the seeds already running have ended."""
+    if jobs <= 1:
+        rows = []
+        for seed in seeds:
+            rows.append(run_seed(base, dataset_path, seed, out, objectives))
+            print(json.dumps(rows[-1]), flush=True)
+        return rows
+    context = multiprocessing.get_context("spawn")
+    queue = context.Queue()
+    pending, running, rows, errors = list(seeds), {}, {}, []
+    while running or (pending and not errors):
+        while pending and len(running) < jobs and not errors:
+            seed = pending.pop(0)
+            running[seed] = context.Process(
+                target=_seed_job, name=f"seed{seed}",
+                args=(queue, base, dataset_path, seed, out, objectives))
+            running[seed].start()
+        try:
+            kind, value = queue.get(timeout=5.0)
+        except Empty:
+            kind = None
+        if kind == "row":
+            rows[value["seed"]] = value
+            print(json.dumps(value), flush=True)
+        elif kind == "error":
+            errors.append(value)
+        for seed, process in list(running.items()):
+            if process.exitcode is None:
+                continue
+            process.join()
+            del running[seed]
+            if seed not in rows and process.exitcode != 0 and queue.empty():
+                errors.append(f"seed {seed}: its process ended with status {process.exitcode}")
+    if errors:
+        raise RuntimeError("; ".join(dict.fromkeys(errors)))
+    return [rows[seed] for seed in seeds]
 
 
 def main(argv) -> None:
     del argv
     from launch.flags import apply_setting, checked
-    from launch.local import run_local
-    from launch.pipeline import obtain_dataset, pretrain, pretrain_critic, save_config
+    from launch.pipeline import obtain_dataset
     from launch.presets import get_preset
     from launch.report import dip, load_run, objective_curves
-    from learner.objectives import OBJECTIVES, get_objective
-    from replay.scores import normalized_score
+    from learner.objectives import OBJECTIVES
 
     FLAGS = flags.FLAGS
     unknown = [kind for kind in FLAGS.objectives if kind not in OBJECTIVES]
@@ -61,33 +156,12 @@ def main(argv) -> None:
     if FLAGS.env_steps is not None:
         base = replace(base, finetune=replace(base.finetune, env_steps=FLAGS.env_steps))
     dataset = obtain_dataset(base, out, progress=False)
-    results = []
-    for seed in [int(s) for s in FLAGS.seeds.split(",")]:
-        cfg = replace(base, seed=seed, objective=replace(base.objective, kind="odt"))
-        pre_dir = out / f"pretrain-seed{seed}"
-        pre_dir.mkdir()
-        pre = pretrain(cfg, dataset, pre_dir)
-        row = {"seed": seed, "pretrained_return": pre.eval_return,
-               "pretrained_score": normalized_score(cfg.env.task_id, pre.eval_return)
-               if cfg.env.task_id else None}
-        for kind in FLAGS.objectives:
-            run_cfg = replace(cfg, objective=replace(cfg.objective, kind=kind))
-            run_dir = out / f"{kind}-seed{seed}"
-            run_dir.mkdir()
-            save_config(run_dir, run_cfg)
-            start = time.perf_counter()
-            checkpoint = pre.checkpoint
-            if get_objective(kind).uses_critic and run_cfg.objective.critic_pretrain_updates:
-                checkpoint = pretrain_critic(run_cfg, dataset, checkpoint, run_dir)
-            summary = run_local(run_cfg, checkpoint, run_dir, dataset_path=dataset.source,
-                                status=False)
-            row[f"{kind}_return"] = summary.final_return
-            row[f"{kind}_score"] = summary.final_normalized
-            row[f"{kind}_env_steps"] = summary.env_steps
-            row[f"{kind}_updates"] = summary.updates
-            row[f"{kind}_seconds"] = round(time.perf_counter() - start, 1)
-        results.append(row)
-        print(json.dumps(row), flush=True)
+    jobs = max(1, FLAGS.jobs)
+    if jobs > 1 and base.compute.cpu_threads == 0:
+        base = replace(base, compute=replace(base.compute,
+                                             cpu_threads=max(1, (os.cpu_count() or 1) // jobs)))
+    results = run_seeds(base, dataset.source, [int(s) for s in FLAGS.seeds.split(",")], out,
+                        FLAGS.objectives, jobs)
     keys = ["pretrained_return"] + [f"{kind}_return" for kind in FLAGS.objectives]
     if base.env.task_id:
         keys += ["pretrained_score"] + [f"{kind}_score" for kind in FLAGS.objectives]

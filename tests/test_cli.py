@@ -41,7 +41,7 @@ ENTRY_POINTS = {
                      "job_name", "python", "out", "dry_run", *CONFIG, "logdir", *FINETUNE],
     "launch.report": ["logdir", "out"],
     "replay.export": ["logdir", "out"],
-    "bench.learning": ["seeds", "env_steps", "out", "preset", "objectives", "set"],
+    "bench.learning": ["seeds", "env_steps", "out", "preset", "objectives", "set", "jobs"],
 }
 
 # A flag line in absl's help: "  --name: help" or "  --[no]name: help".
