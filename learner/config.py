@@ -40,7 +40,11 @@ class ObjectiveConfig:
 
     # ODT+TD3 (Yan et al., NeurIPS 2024, "RL gradients as vitamin").
     rl_coeff: float = 0.1
-    """alpha in actor loss = supervised + alpha * (-Q) (vitamin paper: 0.1)."""
+    """alpha in actor loss = supervised_coeff * supervised + alpha * (-Q) (vitamin
+    paper: 0.1)."""
+    supervised_coeff: float = 1.0
+    """Weight of the supervised MSE in ODT+TD3's actor loss (the vitamin code's
+    `actor_sup_coeff`: 1; 0 is its "pure TD3" baseline with the transformer actor)."""
     critic_lr: float = 1e-3
     """AdamW learning rate of the critic (vitamin paper, MuJoCo: 1e-3)."""
     gamma: float = 0.99
@@ -81,6 +85,8 @@ class ObjectiveConfig:
             problems.append(
                 f"objective.critic_pretrain_updates={self.critic_pretrain_updates} must be >= 0"
             )
+        if not self.supervised_coeff >= 0:
+            problems.append(f"objective.supervised_coeff={self.supervised_coeff} must be >= 0")
         if self.actor_update_interval < 1:
             problems.append(
                 f"objective.actor_update_interval={self.actor_update_interval} must be >= 1"

@@ -142,6 +142,19 @@ def test_odt_td3_supervised_only_update():
     assert learner.step == 1
 
 
+@pytest.mark.parametrize("weight", [0.0, 0.5])
+def test_supervised_coeff_weighs_the_mse_in_the_actor_loss(weight):
+    """loss/total = supervised_coeff * loss/supervised + rl_coeff * loss/actor_rl; at 0
+    the actor follows the critic alone (the vitamin code's pure TD3)."""
+    learner = make_learner("odt_td3", supervised_coeff=weight, rl_coeff=0.3)
+    learner.update(random_batch())
+    metrics = learner.update(random_batch(1))
+    expected = weight * metrics["loss/supervised"] + 0.3 * metrics["loss/actor_rl"]
+    torch.testing.assert_close(metrics["loss/total"], expected)
+    assert ObjectiveConfig(kind="odt_td3", supervised_coeff=-1.0).validate() == [
+        "objective.supervised_coeff=-1.0 must be >= 0"]
+
+
 def test_odt_td3_targets_follow_online_networks_by_ema():
     """The target transformer and critic stay put on critic-only updates, and after an
     actor update equal (1 - tau) * target + tau * online, i.e. move slowly toward it."""

@@ -1,5 +1,6 @@
 """ODT+TD3 ("RL gradients as vitamin", Yan et al., NeurIPS 2024): a deterministic
-action head trained on the supervised MSE plus alpha times the TD3 actor loss (-Q),
+action head trained on the supervised MSE (weight `supervised_coeff` once the RL term is
+on; offline, the MSE alone) plus alpha times the TD3 actor loss (-Q),
 over every unpadded position of the window, with a twin-Q MLP critic on (s, a), EMA
 target copies of the whole transformer and of the critic, target policy noise and
 delayed actor updates.
@@ -148,7 +149,7 @@ class ODTTD3(Objective):
                 # TD3+BC's lambda = alpha / mean|Q|: the RL term's weight does not depend
                 # on the reward scale or on how far the critic's values have grown.
                 coeff = coeff / losses.masked_mean(q.detach().abs(), batch["mask"]).clamp_min(1e-3)
-            loss = supervised + coeff * rl_loss
+            loss = obj.supervised_coeff * supervised + coeff * rl_loss
             metrics["loss/actor_rl"] = rl_loss.detach()
         metrics["loss/total"] = loss.detach()
         # This batch's critic step, when there was one, is checked in the same host read.
