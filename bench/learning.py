@@ -83,10 +83,11 @@ def run_seed(base, dataset_path: str, seed: int, out: Path, objectives: list[str
 
 def _seed_job(queue, *args) -> None:
     """`run_seed` in a process of its own: its row, or its error's text, on `queue`."""
+    seed = args[2]
     try:
-        queue.put(("row", run_seed(*args)))
+        queue.put(("row", seed, run_seed(*args)))
     except BaseException as error:
-        queue.put(("error", f"seed {args[2]}: {type(error).__name__}: {error}"))
+        queue.put(("error", seed, f"{type(error).__name__}: {error}"))
         raise
 
 
@@ -103,32 +104,40 @@ def run_seeds(base, dataset_path: str, seeds: list[int], out: Path, objectives: 
         return rows
     context = multiprocessing.get_context("spawn")
     queue = context.Queue()
-    pending, running, rows, errors = list(seeds), {}, {}, []
-    while running or (pending and not errors):
-        while pending and len(running) < jobs and not errors:
+    pending, running, rows, failed = list(seeds), {}, {}, {}
+
+    def take(timeout: float) -> bool:
+        """Handle one message from a seed's process; False if none came in `timeout`."""
+        try:
+            kind, seed, value = queue.get(timeout=timeout)
+        except Empty:
+            return False
+        if kind == "row":
+            rows[seed] = value
+            print(json.dumps(value), flush=True)
+        else:
+            failed[seed] = value
+        return True
+
+    while running or (pending and not failed):
+        while pending and len(running) < jobs and not failed:
             seed = pending.pop(0)
             running[seed] = context.Process(
                 target=_seed_job, name=f"seed{seed}",
                 args=(queue, base, dataset_path, seed, out, objectives))
             running[seed].start()
-        try:
-            kind, value = queue.get(timeout=5.0)
-        except Empty:
-            kind = None
-        if kind == "row":
-            rows[value["seed"]] = value
-            print(json.dumps(value), flush=True)
-        elif kind == "error":
-            errors.append(value)
+        take(timeout=5.0)
         for seed, process in list(running.items()):
-            if process.exitcode is None:
-                continue
-            process.join()
-            del running[seed]
-            if seed not in rows and process.exitcode != 0 and queue.empty():
-                errors.append(f"seed {seed}: its process ended with status {process.exitcode}")
-    if errors:
-        raise RuntimeError("; ".join(dict.fromkeys(errors)))
+            if process.exitcode is not None:
+                process.join()
+                del running[seed]
+    while take(timeout=1.0):  # what the last processes sent before they ended
+        pass
+    for seed in seeds:
+        if seed not in rows and seed not in pending and seed not in failed:
+            failed[seed] = "its process ended without a result"
+    if failed:
+        raise RuntimeError("; ".join(f"seed {seed}: {text}" for seed, text in failed.items()))
     return [rows[seed] for seed in seeds]
 
 
