@@ -16,7 +16,9 @@ D4RL-normalized where the task has reference returns.
 `--jobs=N` runs up to N seeds at once, each in a process of its own (pretraining, then
 its objectives one after the other); their learners get the cores divided by N
 (`compute.cpu_threads`, unless it is set): torch threads that outnumber the cores slow
-every process far more than their share (DESIGN.md, "Threads").
+every process far more than their share (DESIGN.md, "Threads"). The seeds' processes
+share the benchmark's process group, so Ctrl-C in its terminal stops them all; a
+signal to the benchmark's process alone does not.
 """
 
 from __future__ import annotations
