@@ -65,9 +65,9 @@ def test_incontext_curves_write_a_png_with_one_line_per_method(tmp_path):
 
 
 def test_seeds_run_in_processes_of_their_own_report_each_failure_by_seed(tmp_path):
-    """bench.learning --jobs=2: a seed whose process fails (here: no dataset) ends the
+    """bench.learning --jobs=2 (`bench.seeds.run_seeds`): a seed whose process fails (here: no dataset) ends the
     benchmark with an error naming every seed that failed, after both have ended."""
-    from bench.learning import run_seeds
+    from bench.seeds import run_seeds
     from launch.presets import get_preset
 
     with pytest.raises(RuntimeError) as error:
