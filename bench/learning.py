@@ -24,7 +24,6 @@ signal to the benchmark's process alone does not.
 from __future__ import annotations
 
 import json
-import os
 import statistics
 from dataclasses import replace
 from pathlib import Path
@@ -70,9 +69,9 @@ def main(argv) -> None:
         base = replace(base, finetune=replace(base.finetune, env_steps=FLAGS.env_steps))
     dataset = obtain_dataset(base, out, progress=False)
     jobs = max(1, FLAGS.jobs)
-    if jobs > 1 and base.compute.cpu_threads == 0:
-        base = replace(base, compute=replace(base.compute,
-                                             cpu_threads=max(1, (os.cpu_count() or 1) // jobs)))
+    if jobs > 1:
+        threads = base.compute.learner_cpu_threads(learners=jobs)
+        base = replace(base, compute=replace(base.compute, cpu_threads=threads))
     results = run_seeds(base, dataset.source, [int(s) for s in FLAGS.seeds.split(",")], out,
                         FLAGS.objectives, jobs)
     keys = ["pretrained_return"] + [f"{kind}_return" for kind in FLAGS.objectives]

@@ -63,16 +63,3 @@ def test_incontext_curves_write_a_png_with_one_line_per_method(tmp_path):
     # Lines and bands in colour, not a blank canvas.
     assert (np.ptp(image[..., :3], axis=-1) > 0.2).mean() > 0.005
 
-
-def test_seeds_run_in_processes_of_their_own_report_each_failure_by_seed(tmp_path):
-    """bench.learning --jobs=2 (`bench.seeds.run_seeds`): a seed whose process fails (here: no dataset) ends the
-    benchmark with an error naming every seed that failed, after both have ended."""
-    from bench.seeds import run_seeds
-    from launch.presets import get_preset
-
-    with pytest.raises(RuntimeError) as error:
-        run_seeds(get_preset("quickstart"), str(tmp_path / "missing.hdf5"), [3, 4], tmp_path,
-                  ["odt"], jobs=2)
-    assert "seed 3: " in str(error.value) and "seed 4: " in str(error.value)
-    assert "missing.hdf5" in str(error.value)
-    assert not list(tmp_path.glob("pretrain-seed*"))
