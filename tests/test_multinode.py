@@ -108,7 +108,10 @@ def test_every_role_runs_in_its_own_process_over_grpc(pretrained, tmp_path):
     run = tmp_path / "run"
     common = ["--preset=quickstart", "--objective=odt", f"--checkpoint={checkpoint}",
               f"--logdir={run}", "--device=cpu", "--envs_per_actor=2", "--eval_episodes=2",
-              "--env_steps=1000000", "--replay_wait_s=240"]
+              "--env_steps=1000000", "--replay_wait_s=240",
+              # Losses logged every 5 updates, so that the learner has written them by
+              # its first publish of new weights, which the wait below waits for.
+              "--set=finetune.log_every=5", "--set=finetune.publish_every=25"]
     worker = [f"--replay_address={address}", *common]
     nodes: dict[str, Node] = {}
     try:
