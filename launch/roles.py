@@ -216,7 +216,7 @@ def learner_role(cfg, paths: RunPaths, address: str, spec: ReplaySpec, stop) -> 
     """
     from learner import distributed
     from learner.checkpoint import load_checkpoint
-    from learner.device import resolve_device
+    from learner.device import resolve_device, set_cpu_threads
     from learner.finetune import (
         data_parallel_finetune_loop,
         learner_from_checkpoint,
@@ -225,9 +225,7 @@ def learner_role(cfg, paths: RunPaths, address: str, spec: ReplaySpec, stop) -> 
     from learner.tensorboard import NullWriter, flatten
 
     device = resolve_device(cfg.device)
-    if device.type == "cpu":
-        torch.set_num_threads(cfg.compute.learner_cpu_threads(
-            learners=int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
+    set_cpu_threads(device, cfg.compute, learners=int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     rank, world_size = distributed.init_from_env(device)
     device = distributed.local_device(device)
     torch.manual_seed(cfg.seed)

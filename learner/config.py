@@ -141,8 +141,8 @@ class ComputeConfig:
     """'on': single-kernel (fused) Adam/AdamW for the critic and temperature, and LAMB's
     multi-tensor (foreach) step; 'off': per-tensor steps."""
     cpu_threads: int = 0
-    """Intra-op threads of a fine-tuning learner on a CPU device; 0: every core of the
-    host (`learner_cpu_threads`)."""
+    """Intra-op threads of a learner on a CPU device: pretraining, critic pretraining
+    and fine-tuning; 0: every core of the host (`learner_cpu_threads`)."""
 
     def learner_cpu_threads(self, cores: int | None = None, learners: int = 1) -> int:
         """Threads each of `learners` CPU learner processes (data-parallel ranks on one

@@ -31,6 +31,14 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def set_cpu_threads(device: torch.device, compute, learners: int = 1) -> None:
+    """On a CPU `device`, sets torch's intra-op threads to
+    `compute.learner_cpu_threads(learners=learners)` (`compute.cpu_threads`, or the
+    host's cores shared by `learners` processes); on any other device, nothing."""
+    if device.type == "cpu":
+        torch.set_num_threads(compute.learner_cpu_threads(learners=learners))
+
+
 def to_device(batch: dict[str, np.ndarray], device: torch.device) -> dict[str, torch.Tensor]:
     """numpy windows -> tensors on `device`; integer timesteps become int64 for the
     embedding. Read-only arrays (Reverb hands those out) are copied first."""

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from learner.checkpoint import learner_payload, save_checkpoint
-from learner.device import resolve_device, to_device
+from learner.device import resolve_device, set_cpu_threads, to_device
 from learner.learner import Learner, NonFiniteGuard
 from learner.tensorboard import SummaryWriter, flatten, markdown_table
 from replay.datasets import OfflineDataset
@@ -71,6 +71,7 @@ def train_offline(cfg, sampler, role_dir: str | Path, *, evaluate_fn: Callable |
     evaluations."""
     role_dir = Path(role_dir)
     device = resolve_device(cfg.device)
+    set_cpu_threads(device, cfg.compute)
     torch.manual_seed(cfg.seed)
     learner = Learner(cfg.model, cfg.objective, replace(cfg.optim, seed=cfg.seed), device,
                       cfg.compute)
@@ -158,6 +159,7 @@ def pretrain_critic(cfg, dataset: OfflineDataset, checkpoint: str | Path,
         raise ValueError(f"pretrain_critic needs an objective with a critic (odt_td3), not "
                          f"objective.kind={cfg.objective.kind!r}")
     device = resolve_device(cfg.device)
+    set_cpu_threads(device, cfg.compute)
     torch.manual_seed(cfg.seed)
     payload = load_checkpoint(checkpoint, map_location=device)
     learner = learner_from_checkpoint(payload, cfg.objective, replace(cfg.optim, seed=cfg.seed),

@@ -203,6 +203,27 @@ def test_pretrain_critic_gives_an_odt_td3_checkpoint_with_a_fitted_critic(pretra
                zip(learner.critic.parameters(), start.critic.parameters()))
 
 
+def test_pretraining_runs_on_compute_cpu_threads(pretrained, tmp_path):
+    """Pretraining and critic pretraining run `compute.cpu_threads` torch threads on the
+    CPU, as fine-tuning does: benchmarks that pretrain side by side would otherwise each
+    spin a thread on every core."""
+    data, checkpoint, _ = pretrained
+    base = tiny_config()
+    cfg = replace(base, objective=ObjectiveConfig(kind="odt_td3", critic_pretrain_updates=10),
+                  pretrain=replace(base.pretrain, updates=10, eval_every=0),
+                  compute=replace(base.compute, cpu_threads=1))
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        pretrain(cfg, load_dataset(data), tmp_path / "offline")
+        assert torch.get_num_threads() == 1
+        torch.set_num_threads(2)
+        pretrain_critic(cfg, load_dataset(data), checkpoint, tmp_path / "critic")
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_odt_td3_pretraining_syncs_targets_and_pretrains_the_critic(pretrained, tmp_path):
     """Pretraining under odt_td3 ends with the target transformer equal to the trained one
     (TD targets must not come from the untrained network) and a pretrained critic."""
