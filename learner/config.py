@@ -142,7 +142,9 @@ class ComputeConfig:
     multi-tensor (foreach) step; 'off': per-tensor steps."""
     cpu_threads: int = 0
     """Intra-op threads of a learner on a CPU device: pretraining, critic pretraining
-    and fine-tuning; 0: every core of the host (`learner_cpu_threads`)."""
+    and fine-tuning. 0: the fine-tuning learner, whose process is its own, takes every
+    core of the host (`learner_cpu_threads`); pretraining, which runs in its caller's
+    process, keeps that process's count."""
 
     def learner_cpu_threads(self, cores: int | None = None, learners: int = 1) -> int:
         """Threads each of `learners` CPU learner processes (data-parallel ranks on one

@@ -26,6 +26,14 @@ from replay.offline import flatten_episodes, state_statistics
 from replay.windows import ActionBox
 
 
+def _set_threads_if_asked(device: torch.device, compute) -> None:
+    """Pretraining runs in its caller's process (the main job, a benchmark's seed, a
+    test), so it changes that process's torch threads only when `compute.cpu_threads`
+    names a count; at 0 the process keeps its own (torch's default: every core)."""
+    if compute.cpu_threads > 0:
+        set_cpu_threads(device, compute)
+
+
 @dataclass
 class PretrainResult:
     checkpoint: Path
@@ -71,7 +79,7 @@ def train_offline(cfg, sampler, role_dir: str | Path, *, evaluate_fn: Callable |
     evaluations."""
     role_dir = Path(role_dir)
     device = resolve_device(cfg.device)
-    set_cpu_threads(device, cfg.compute)
+    _set_threads_if_asked(device, cfg.compute)
     torch.manual_seed(cfg.seed)
     learner = Learner(cfg.model, cfg.objective, replace(cfg.optim, seed=cfg.seed), device,
                       cfg.compute)
@@ -159,7 +167,7 @@ def pretrain_critic(cfg, dataset: OfflineDataset, checkpoint: str | Path,
         raise ValueError(f"pretrain_critic needs an objective with a critic (odt_td3), not "
                          f"objective.kind={cfg.objective.kind!r}")
     device = resolve_device(cfg.device)
-    set_cpu_threads(device, cfg.compute)
+    _set_threads_if_asked(device, cfg.compute)
     torch.manual_seed(cfg.seed)
     payload = load_checkpoint(checkpoint, map_location=device)
     learner = learner_from_checkpoint(payload, cfg.objective, replace(cfg.optim, seed=cfg.seed),

@@ -205,8 +205,8 @@ def test_pretrain_critic_gives_an_odt_td3_checkpoint_with_a_fitted_critic(pretra
 
 def test_pretraining_runs_on_compute_cpu_threads(pretrained, tmp_path):
     """Pretraining and critic pretraining run `compute.cpu_threads` torch threads on the
-    CPU, as fine-tuning does: benchmarks that pretrain side by side would otherwise each
-    spin a thread on every core."""
+    CPU when it is set, as fine-tuning does: benchmarks that pretrain side by side would
+    otherwise each spin a thread on every core. At 0 they keep the caller's count."""
     data, checkpoint, _ = pretrained
     base = tiny_config()
     cfg = replace(base, objective=ObjectiveConfig(kind="odt_td3", critic_pretrain_updates=10),
@@ -220,6 +220,10 @@ def test_pretraining_runs_on_compute_cpu_threads(pretrained, tmp_path):
         torch.set_num_threads(2)
         pretrain_critic(cfg, load_dataset(data), checkpoint, tmp_path / "critic")
         assert torch.get_num_threads() == 1
+        # At 0 the caller's count stays (conftest runs the tests on one thread).
+        torch.set_num_threads(2)
+        pretrain(replace(cfg, compute=base.compute), load_dataset(data), tmp_path / "default")
+        assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
 
