@@ -181,20 +181,22 @@ class InContextConfig:
 class MultiGameConfig:
     """The multi-game pipeline's stages (`launch.multigame`; pipeline 'multi_game')."""
 
-    games: tuple[str, ...] = ("Pong-v5", "Breakout-v5", "SpaceInvaders-v5")
+    games: tuple[str, ...] = ("Pong-v5", "Breakout-v5", "Freeway-v5")
     """envpool Atari games, one model for all (each needs reference scores in
     `replay.atari_scores`)."""
     episodes_per_policy: dict = field(
-        default_factory=lambda: {"random": 8, "noisy:0.3": 8})
-    """Behaviour policy tag (`actors.multigame`) -> episodes recorded per game."""
-    max_steps_per_episode: int = 2000
+        default_factory=lambda: {"random": 8, "noisy:0.3": 8, "noisy:0.1": 8})
+    """Behaviour policy tag (`actors.multigame`) -> episodes recorded per game. Three
+    qualities: in Freeway uniform play scores 0, "noisy:0.3" 0-1 and "noisy:0.1" 1-7
+    (2000-step episodes, seed 0)."""
+    max_steps_per_episode: int = 1000
     """Episode limit in agent steps (4 frames each) when recording and evaluating; 0:
     envpool's own (27,000)."""
     record_envs: int = 4
     """Environments per game while recording."""
     balance_games: bool = True
     """Pretraining draws each game equally often, whatever its share of the steps."""
-    eval_episodes: int = 4
+    eval_episodes: int = 8
     """Evaluation episodes per game and mode."""
     kappa: float = 10.0
     """Optimality weight of expert-action inference: returns sampled from the predicted
@@ -555,10 +557,11 @@ def _multigame_problems(cfg: RunConfig) -> list[str]:
 
 
 def mgdt_atari3() -> RunConfig:
-    """`mgdt-atari3`: one Multi-Game Decision Transformer for Pong, Breakout and Space
-    Invaders from onramp's own mixed-quality data, sized for 2 CPU cores (DESIGN.md,
+    """`mgdt-atari3`: one Multi-Game Decision Transformer for Pong, Breakout and Freeway
+    from onramp's own mixed-quality data, sized for 2 CPU cores (DESIGN.md,
     "Multi-Game Decision Transformer"): width 128, 3 layers, a 4-step context of 84x84
-    frames (156 tokens), batch 32."""
+    frames (156 tokens), batch 32; 1000 pretraining updates, then 30k online steps of
+    all games together at 0.1 updates per step."""
     return RunConfig(
         name="mgdt-atari3",
         env=EnvConfig(env_id="Pong-v5", options={"stack_num": 1, "full_action_space": True}),
@@ -567,7 +570,7 @@ def mgdt_atari3() -> RunConfig:
                           embed_dim=128, n_layer=3, n_head=4, ffn_dim=512, dropout=0.1),
         objective=ObjectiveConfig(kind="mgdt"),
         optim=OptimConfig(lr=3e-4, weight_decay=1e-4, warmup_steps=200, batch_size=32),
-        pretrain=PretrainConfig(updates=2000, log_every=100, eval_every=0,
+        pretrain=PretrainConfig(updates=1000, log_every=100, eval_every=0,
                                 checkpoint_every=1000),
         eval=EvalConfig(episodes=4, context_len=4),
         replay=ReplayConfig(item_format="frame_window", updates_per_env_step=0.1),
