@@ -105,6 +105,19 @@ def define_config_flags(*, pretrain: bool) -> None:
                              "Episodes to record when no dataset is given; default: the preset's.")
 
 
+def define_games_flag() -> None:
+    """--games, for an entry point that can run the multi-game pipeline."""
+    flags.DEFINE_list("games", None, "Multi-game pipeline: comma-separated envpool Atari "
+                      "games, e.g. Pong,Breakout,Freeway ('-v5' is added to a name without a "
+                      "version); default: the preset's multigame.games.")
+
+
+def atari_game_ids(names) -> tuple[str, ...]:
+    """envpool task ids for `--games` names: 'Pong' -> 'Pong-v5', 'Pong-v5' as given."""
+    return tuple(name if "-v" in name else f"{name}-v5" for name in
+                 (n.strip() for n in names))
+
+
 def define_logdir_flag() -> None:
     flags.DEFINE_string("logdir", None, "Run directory; default runs/<preset>-<time>. "
                         "An existing non-empty directory is refused.")
@@ -182,6 +195,12 @@ def resolve_config():
             cfg = with_field(cfg, path, FLAGS[name].value)
     if FLAGS.seed is not None:
         cfg = with_field(cfg, "data.collect_seed", FLAGS.seed + 1)
+    if "games" in FLAGS and FLAGS.games is not None:
+        if cfg.pipeline != "multi_game":
+            raise ValueError(f"--games: preset {FLAGS.preset!r} runs pipeline "
+                             f"{cfg.pipeline!r}; --games picks the games of the multi-game "
+                             "pipeline (e.g. --preset=mgdt-atari3)")
+        cfg = with_field(cfg, "multigame.games", atari_game_ids(FLAGS.games))
     for item in FLAGS.set:
         cfg = apply_setting(cfg, item)
     return checked(cfg)

@@ -16,6 +16,7 @@ from absl import flags
 from launch.flags import (
     define_config_flags,
     define_finetune_flags,
+    define_games_flag,
     define_logdir_flag,
     define_mode_flag,
     define_resume_flag,
@@ -29,6 +30,7 @@ define_logdir_flag()
 define_finetune_flags()
 define_mode_flag()
 define_resume_flag()
+define_games_flag()
 flags.DEFINE_bool("online", True, "Fine-tune online after pretraining.")
 
 

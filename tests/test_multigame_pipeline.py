@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from launch.flags import apply_setting
+from launch.flags import apply_setting, atari_game_ids
 from launch.presets import get_preset
 from learner.tensorboard import read_scalars
 from replay.atari_scores import human_normalized
@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 GAMES = ("Pong-v5", "Breakout-v5")
 
 TINY = ["--set=pretrain.updates=4", "--set=pretrain.log_every=2",
-        f"--set=multigame.games={','.join(GAMES)}", "--set=multigame.max_steps_per_episode=40",
+        "--games=Pong,Breakout-v5", "--set=multigame.max_steps_per_episode=40",
         "--set=multigame.eval_episodes=2",
         '--set=multigame.episodes_per_policy={"random": 2, "noisy:0.3": 1}',
         "--set=model.n_layer=1", "--set=model.embed_dim=32", "--set=model.ffn_dim=64",
@@ -114,3 +114,15 @@ def test_set_parses_tuples_and_dicts_and_refuses_bad_ones():
         apply_setting(cfg, "multigame.episodes_per_policy=random:3")
     with pytest.raises(ValueError, match="expected a JSON dict, got list"):
         apply_setting(cfg, "multigame.episodes_per_policy=[1]")
+
+
+def test_games_flag_names_envpool_ids_and_only_for_the_multi_game_pipeline():
+    assert atari_game_ids(["Pong", " Breakout-v5", "Freeway"]) == (
+        "Pong-v5", "Breakout-v5", "Freeway-v5")
+    proc = subprocess.run(
+        [sys.executable, "-m", "launch.main", "--preset=quickstart", "--games=Pong",
+         "--logdir=/nonexistent/never-made"], cwd=REPO, capture_output=True, text=True,
+        timeout=300)
+    assert proc.returncode != 0
+    assert "--games: preset 'quickstart' runs pipeline 'offline_online'" in proc.stderr
+    assert not Path("/nonexistent/never-made").exists()
