@@ -22,14 +22,18 @@ Stages, each writing under the run directory:
    `multigame.online_envs` envpool environments, expert-action inference, sampled
    actions) writes its finished episodes, with hindsight returns-to-go, into it; the
    learner samples batches of every game's windows from it and steps the 'mgdt'
-   objective with ODT's entropy term (`rl=True`). Actors and learner take turns in
-   this process, as ODT's own loop does: every actor plays
-   `multigame.online_round_steps` steps with the newest weights, then the learner makes
-   `replay.updates_per_env_step` updates per step played. Then step 3's evaluation
-   again, on the fine-tuned model (`eval/<game>/...` and `online/<game>/episode_return`
-   in `finetune/`).
+   objective with ODT's entropy term (`rl=True`), `replay.updates_per_env_step` updates
+   per step played. By default actors and learner take turns in this process, as
+   ODT's own loop does: every actor plays `multigame.online_round_steps` steps with the
+   newest weights, then the learner makes the updates due. With
+   `multigame.actor_processes` every game's actor is a process of its own
+   (`launch.roles.multigame_actor_role`) that plays while the learner learns, pulling
+   the weights the learner publishes to the server's params table. Then step 3's
+   evaluation again, on the fine-tuned model (`eval/<game>/...` and
+   `online/<game>/episode_return` in `finetune/`).
 
-    python -m launch.main --preset=mgdt-atari3 [--set=multigame.games=...]
+    python -m launch.main --preset=mgdt-atari3 [--games=Pong,Breakout,...]
+        [--set=multigame.actor_processes=true]
 """
 
 from __future__ import annotations
@@ -253,25 +257,24 @@ def online_spec(cfg, preload_items: int):
 def finetune_online(cfg, run_dir: Path, checkpoint: Path,
                     results: dict[str, GameResult]) -> dict:
     """Stage 4 (module docstring): fine-tune the pretrained model online on every game
-    until `multigame.online_env_steps` steps (all games together) were played; the last
-    round is played whole, so the count may pass the budget by up to a round. Writes
+    until `multigame.online_env_steps` steps (all games together) were played. Writes
     `finetune/checkpoint.pt` and TensorBoard; fills each result's `actor_returns`;
     returns the stage's figures (env steps, updates, updates/s, env steps/s, and this
     process's resident-memory growth over the replay server's preload and over the
     whole stage). Stops with `learner.NonFiniteLoss` after
-    `finetune.max_nonfinite_updates` skipped updates in a row, as pretraining does."""
-    from actors.multigame import GamePlayer
+    `finetune.max_nonfinite_updates` skipped updates in a row, as pretraining does.
+
+    The actors and the learner take turns in this process (`_take_turns`), or, with
+    `multigame.actor_processes`, each game's actor is a process of its own beside the
+    learner (`_learn_beside_actor_processes`)."""
     from learner.checkpoint import learner_payload, load_checkpoint
-    from learner.device import resolve_device, to_device
+    from learner.device import resolve_device
     from learner.finetune import learner_from_checkpoint
-    from learner.learner import NonFiniteGuard
-    from models.mgdt import MultiGamePolicy
-    from replay.formats import item_format
     from replay.frame_window import FrameWindowWriter
     from replay.multigame import load_multigame
     from replay.tables import start_server, table_counts
 
-    mg, options = cfg.multigame, env_options(cfg)
+    mg = cfg.multigame
     logdir = run_dir / "finetune"
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
@@ -280,12 +283,10 @@ def finetune_online(cfg, run_dir: Path, checkpoint: Path,
     data = load_multigame(run_dir / "data")
     preload = sum(len(t.episode.actions) for game in mg.games for t in data[game])
     spec = online_spec(cfg, preload)
-    fmt = item_format("frame_window")
     rss_before = rss_mib()
     server = start_server(spec)
     address = f"127.0.0.1:{server.port}"
-    writer = batches = None
-    players: list[GamePlayer] = []
+    writer = None
     try:
         writer = SummaryWriter(logdir)
         with FrameWindowWriter(address, spec, num_actions=cfg.model.act_dim,
@@ -295,66 +296,198 @@ def finetune_online(cfg, run_dir: Path, checkpoint: Path,
                     frames_writer.write(tagged.episode, g)
             del data
             preloaded_mib = rss_mib() - rss_before
-            generator = torch.Generator(device=device).manual_seed(cfg.seed + 1)
-            for g, game in enumerate(mg.games):
-                policy = MultiGamePolicy(learner.model, mg.online_envs, mode="expert",
-                                         kappa=mg.kappa)
-                env = VectorEnv(game, mg.online_envs, cfg.seed * 1000 + 500 + g, options=options)
-                players.append(GamePlayer(env, policy, generator))
-            batches = fmt.batches(address, spec, cfg.optim.batch_size,
-                                  rate_limiter_timeout_ms=STREAM_TIMEOUT_MS)
-            guard = NonFiniteGuard(learner, cfg.finetune.max_nonfinite_updates)
-            env_steps = updates = 0
-            act_s = learn_s = 0.0
-            while env_steps < mg.online_env_steps:
-                start = time.perf_counter()
-                for g, (game, player) in enumerate(zip(mg.games, players)):
-                    episodes, taken = player.play(mg.online_round_steps)
-                    for episode in episodes:
-                        frames_writer.write(episode, g)
-                        results[game].actor_returns.append(episode.ret)
-                        writer.scalar(f"online/{game}/episode_return", episode.ret,
-                                      env_steps + taken)
-                    env_steps += taken
-                act_s += time.perf_counter() - start
-                start = time.perf_counter()
-                due = int(env_steps * cfg.replay.updates_per_env_step) - updates
-                for _ in range(due):
-                    batch = next(batches, None)
-                    if batch is None:
-                        raise RuntimeError(
-                            f"the replay table gave no batch within {STREAM_TIMEOUT_MS} ms "
-                            f"at {env_steps} env steps: its rate limiter held the learner "
-                            "(online_spec's slack is too small for these settings)")
-                    out = learner.update(to_device(batch, device), rl=True)
-                    updates += 1
-                    if guard.skipped():
-                        writer.scalar("loss/nonfinite_skipped", learner.skipped, learner.step)
-                    elif learner.step % cfg.finetune.log_every == 0:
-                        writer.scalars({k: float(v) for k, v in out.items()}, learner.step)
-                learn_s += time.perf_counter() - start
-                writer.scalars({"online/env_steps": env_steps, "online/updates": updates,
-                                "online/replay_size": table_counts(address)["size"]},
-                               env_steps)
+            online = _Online(cfg, learner, address, spec, writer, results)
+            if mg.actor_processes:
+                _learn_beside_actor_processes(online, checkpoint)
+            else:
+                _take_turns(online, frames_writer)
         final_size, final_mib = table_counts(address)["size"], rss_mib()
         save_checkpoint(logdir / "checkpoint.pt",
-                        learner_payload(learner, updates=learner.step, env_steps=env_steps,
-                                        run_config=cfg.to_dict()))
+                        learner_payload(learner, updates=learner.step,
+                                        env_steps=online.env_steps, run_config=cfg.to_dict()))
     finally:
         try:
-            for player in players:
-                player.close()
-            if batches is not None:
-                batches.close()
             if writer is not None:
                 writer.close()
         finally:
             server.stop()
-    return {"env_steps": env_steps, "updates": updates,
-            "env_steps_per_s": env_steps / max(act_s, 1e-9),
-            "updates_per_s": updates / max(learn_s, 1e-9),
-            "acting_s": round(act_s, 1), "learning_s": round(learn_s, 1),
+    return {"env_steps": online.env_steps, "updates": online.updates,
+            "env_steps_per_s": online.env_steps / max(online.act_s, 1e-9),
+            "updates_per_s": online.updates / max(online.learn_s, 1e-9),
+            "acting_s": round(online.act_s, 1), "learning_s": round(online.learn_s, 1),
+            "actor_processes": mg.actor_processes,
             "preloaded_steps": preload, "replay_size": final_size,
             "preload_rss_mib": round(preloaded_mib, 1),
             "final_rss_growth_mib": round(final_mib - rss_before, 1)}
 
+
+class _Online:
+    """The learner's side of the online stage, shared by both schedules: the batch
+    stream, updates with the non-finite guard and loss logging, the actors' episodes
+    into TensorBoard and the results, and the stage's counters. `act_s` is the time the
+    actors played while the learner waited (turn-taking) or the stage's wall time
+    (actor processes, which play while it learns); `learn_s` the time spent in
+    updates, waiting for batches included."""
+
+    def __init__(self, cfg, learner, address: str, spec, writer,
+                 results: dict[str, GameResult]):
+        from learner.learner import NonFiniteGuard
+        from replay.formats import item_format
+
+        self.cfg, self.learner, self.address, self.spec = cfg, learner, address, spec
+        self.writer = writer
+        self.results = results
+        self.games = list(cfg.multigame.games)
+        self.batches = item_format("frame_window").batches(
+            address, spec, cfg.optim.batch_size, rate_limiter_timeout_ms=STREAM_TIMEOUT_MS)
+        self.guard = NonFiniteGuard(learner, cfg.finetune.max_nonfinite_updates)
+        self.env_steps = self.updates = 0
+        self.act_s = self.learn_s = 0.0
+
+    def episode(self, g: int, ret: float, at: int) -> None:
+        """Game `g`'s actor finished an episode of return `ret` at `at` env steps."""
+        game = self.games[g]
+        self.results[game].actor_returns.append(ret)
+        self.writer.scalar(f"online/{game}/episode_return", ret, at)
+
+    def due(self) -> int:
+        """Updates owed for the env steps played: `replay.updates_per_env_step` each."""
+        return int(self.env_steps * self.cfg.replay.updates_per_env_step) - self.updates
+
+    def update(self) -> None:
+        """One update on the next batch; the stream waits on the rate limiter."""
+        from learner.device import to_device
+
+        start = time.perf_counter()
+        batch = next(self.batches, None)
+        if batch is None:
+            raise RuntimeError(
+                f"the replay table gave no batch within {STREAM_TIMEOUT_MS} ms at "
+                f"{self.env_steps} env steps: its rate limiter held the learner "
+                "(online_spec's slack is too small for these settings)")
+        learner = self.learner
+        out = learner.update(to_device(batch, learner.device), rl=True)
+        self.updates += 1
+        if self.guard.skipped():
+            self.writer.scalar("loss/nonfinite_skipped", learner.skipped, learner.step)
+        elif learner.step % self.cfg.finetune.log_every == 0:
+            self.writer.scalars({k: float(v) for k, v in out.items()}, learner.step)
+        self.learn_s += time.perf_counter() - start
+
+    def log_progress(self) -> None:
+        from replay.tables import table_counts
+
+        self.writer.scalars({"online/env_steps": self.env_steps, "online/updates": self.updates,
+                             "online/replay_size": table_counts(self.address)["size"]},
+                            self.env_steps)
+
+    def close(self) -> None:
+        self.batches.close()
+
+
+def _take_turns(online: _Online, frames_writer) -> None:
+    """Every game's actor (`actors.multigame.GamePlayer`) plays
+    `multigame.online_round_steps` steps with the learner's own model, its finished
+    episodes written to the table, then the learner makes the updates due; until the
+    budget is played (the last round whole, so the count may pass it by up to a round)."""
+    from actors.multigame import GamePlayer
+    from models.mgdt import MultiGamePolicy
+
+    cfg, mg = online.cfg, online.cfg.multigame
+    device = online.learner.device
+    generator = torch.Generator(device=device).manual_seed(cfg.seed + 1)
+    players: list[GamePlayer] = []
+    try:
+        for g, game in enumerate(mg.games):
+            policy = MultiGamePolicy(online.learner.model, mg.online_envs, mode="expert",
+                                     kappa=mg.kappa)
+            env = VectorEnv(game, mg.online_envs, game_seed(cfg, g), options=env_options(cfg))
+            players.append(GamePlayer(env, policy, generator))
+        while online.env_steps < mg.online_env_steps:
+            start = time.perf_counter()
+            for g, player in enumerate(players):
+                episodes, taken = player.play(mg.online_round_steps)
+                for episode in episodes:
+                    frames_writer.write(episode, g)
+                    online.episode(g, episode.ret, online.env_steps + taken)
+                online.env_steps += taken
+            online.act_s += time.perf_counter() - start
+            for _ in range(online.due()):
+                online.update()
+            online.log_progress()
+    finally:
+        for player in players:
+            player.close()
+        online.close()
+
+
+def game_seed(cfg, g: int) -> int:
+    """The environment seed of game `g`'s online actor."""
+    return cfg.seed * 1000 + 500 + g
+
+
+def _learn_beside_actor_processes(online: _Online, checkpoint: Path) -> None:
+    """One process per game (`launch.roles.multigame_actor_role`) plays its share of the
+    budget with the newest published weights and writes its finished episodes to the
+    table, while this process learns: it publishes its weights every
+    `finetune.publish_every` updates and makes the updates due for the steps the actors
+    have written, the rate limiter holding the actors when it falls behind. Ends when
+    every actor has played its share and the learner has made the updates due."""
+    import multiprocessing as mp
+    import queue
+
+    from launch.roles import multigame_actor_role
+    from learner.finetune import weights_as_arrays
+    from replay.params import publish_params
+    from replay.tables import as_client
+
+    cfg, mg = online.cfg, online.cfg.multigame
+    client = as_client(online.address)
+    publish_params(client, weights_as_arrays(online.learner.model), online.learner.step)
+    context = mp.get_context("spawn")
+    stop, reports = context.Event(), context.Queue()
+    share = -(-mg.online_env_steps // len(mg.games))
+    actors = [context.Process(target=multigame_actor_role, name=f"actor-{game}",
+                              args=(cfg, str(checkpoint), online.address, online.spec, g,
+                                    share, game_seed(cfg, g), stop, reports), daemon=True)
+              for g, game in enumerate(mg.games)]
+    start = time.perf_counter()
+    played = [0] * len(actors)
+    try:
+        for actor in actors:
+            actor.start()
+        last_logged = 0
+        while True:
+            try:
+                while True:
+                    g, ret, taken = reports.get_nowait()
+                    played[g] = taken
+                    online.env_steps = sum(played)
+                    if ret is not None:
+                        online.episode(g, ret, online.env_steps)
+            except queue.Empty:
+                pass
+            failed = [a for a in actors if a.exitcode not in (None, 0)]
+            if failed:
+                raise RuntimeError(f"{failed[0].name} exited with code {failed[0].exitcode}")
+            if online.due() > 0:
+                online.update()
+                if online.learner.step % cfg.finetune.publish_every == 0:
+                    publish_params(client, weights_as_arrays(online.learner.model),
+                                   online.learner.step)
+            elif all(a.exitcode == 0 for a in actors) and reports.empty():
+                break
+            else:
+                time.sleep(0.01)
+            if online.env_steps - last_logged >= mg.online_round_steps:
+                online.log_progress()
+                last_logged = online.env_steps
+        online.log_progress()
+    finally:
+        stop.set()
+        for actor in actors:
+            actor.join(timeout=30)
+            if actor.is_alive():
+                actor.kill()
+        online.close()
+        online.act_s = time.perf_counter() - start

@@ -210,6 +210,10 @@ class MultiGameConfig:
     """Steps each game's actor plays with the newest weights before the learner's turn."""
     replay_capacity_steps: int = 200_000
     """Frame windows (steps) the online replay table holds, preload included (FIFO)."""
+    actor_processes: bool = False
+    """Online, run each game's actor as a process of its own beside the learner, which
+    learns while they play; False: actors and learner take turns in one process, which
+    makes a run reproducible (`launch.multigame`)."""
 
 
 PIPELINES = ("offline_online", "in_context", "multi_game")

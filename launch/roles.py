@@ -411,6 +411,52 @@ def actor_role(actor_id: int, cfg, paths: RunPaths, address: str, spec: ReplaySp
             sink.close()
 
 
+def multigame_actor_role(cfg, checkpoint: str, address: str, spec: ReplaySpec, g: int,
+                         steps: int, seed: int, stop, reports) -> None:
+    """The online actor of game `g` of `cfg.multigame.games` in the multi-game pipeline
+    (`launch.multigame`, `multigame.actor_processes`), in a process of its own with one
+    torch thread: plays `steps` steps (then stops, its unfinished episodes dropped) or
+    until `stop`, with `multigame.online_envs` environments, the model of `checkpoint`
+    and then the newest weights published to the params table (polled every
+    `actor.params_interval_s`, loaded between chunks of `online_envs` x 8 steps), expert-action
+    inference with sampled actions (`models.mgdt.MultiGamePolicy`). Each finished
+    episode goes into the experience table as frame windows of game `g` (blocking on
+    the rate limiter), and (g, return, steps played) onto `reports`; (g, None, steps
+    played) says the actor is done."""
+    from actors.envs import VectorEnv
+    from actors.multigame import GamePlayer
+    from launch.multigame import env_options
+    from learner.checkpoint import load_policy
+    from models.mgdt import MultiGamePolicy
+    from replay.frame_window import FrameWindowWriter
+
+    torch.set_num_threads(1)
+    mg = cfg.multigame
+    model, _ = load_policy(checkpoint)
+    policy = MultiGamePolicy(model, mg.online_envs, mode="expert", kappa=mg.kappa)
+    player = GamePlayer(VectorEnv(mg.games[g], mg.online_envs, seed, options=env_options(cfg)),
+                        policy, torch.Generator().manual_seed(seed))
+    puller = ParamsPuller(address, expected_params(model), interval_s=cfg.actor.params_interval_s)
+    puller.start()
+    taken = 0
+    try:
+        with FrameWindowWriter(address, spec, num_actions=cfg.model.act_dim,
+                               num_games=len(mg.games)) as writer:
+            while taken < steps and not stop.is_set():
+                newest = puller.poll()
+                if newest is not None:
+                    load_arrays(model, newest[1])
+                episodes, n = player.play(min(mg.online_envs * 8, steps - taken))
+                taken += n
+                for episode in episodes:
+                    writer.write(episode, g)
+                    reports.put((g, float(episode.ret), taken))
+        reports.put((g, None, taken))
+    finally:
+        puller.stop()
+        player.close()
+
+
 # ---- evaluator -------------------------------------------------------------------
 
 

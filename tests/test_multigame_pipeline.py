@@ -126,3 +126,26 @@ def test_games_flag_names_envpool_ids_and_only_for_the_multi_game_pipeline():
     assert proc.returncode != 0
     assert "--games: preset 'quickstart' runs pipeline 'offline_online'" in proc.stderr
     assert not Path("/nonexistent/never-made").exists()
+
+
+def test_online_fine_tuning_with_an_actor_process_per_game(tmp_path):
+    run_dir = tmp_path / "run"
+    proc = subprocess.run(
+        [sys.executable, "-m", "launch.main", "--preset=mgdt-atari3", f"--logdir={run_dir}",
+         *TINY, "--set=multigame.actor_processes=true", "--set=finetune.publish_every=2"],
+        cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads((run_dir / "multigame.json").read_text())
+    online = report["online"]
+    assert online["actor_processes"] is True
+    # Each game's actor plays its half of the 400 steps, in chunks of 2 envs x 8 steps.
+    assert 400 <= online["env_steps"] < 400 + 2 * 16
+    assert online["updates"] == int(online["env_steps"] * 0.05)
+    assert online["replay_size"] > online["preloaded_steps"]
+    scalars = read_scalars(run_dir / "finetune")
+    for game in GAMES:
+        assert report["games"][game]["actor_episodes"] >= 1
+        assert len(scalars[f"online/{game}/episode_return"]) == \
+            report["games"][game]["actor_episodes"]
+        assert f"eval/{game}/expert_return" in scalars
+    assert (run_dir / "finetune" / "checkpoint.pt").is_file()
