@@ -460,11 +460,13 @@ def _learn_beside_actor_processes(online: _Online, checkpoint: Path) -> None:
         while True:
             try:
                 while True:
-                    g, ret, taken = reports.get_nowait()
+                    g, ret, taken, weights_step = reports.get_nowait()
                     played[g] = taken
                     online.env_steps = sum(played)
                     if ret is not None:
                         online.episode(g, ret, online.env_steps)
+                        online.writer.scalar(f"online/{mg.games[g]}/weights_step",
+                                             weights_step, online.env_steps)
             except queue.Empty:
                 pass
             failed = [a for a in actors if a.exitcode not in (None, 0)]

@@ -417,12 +417,14 @@ def multigame_actor_role(cfg, checkpoint: str, address: str, spec: ReplaySpec, g
     (`launch.multigame`, `multigame.actor_processes`), in a process of its own with one
     torch thread: plays `steps` steps (then stops, its unfinished episodes dropped) or
     until `stop`, with `multigame.online_envs` environments, the model of `checkpoint`
-    and then the newest weights published to the params table (polled every
-    `actor.params_interval_s`, loaded between chunks of `online_envs` x 8 steps), expert-action
+    loaded with the weights published to the params table (waiting up to 60 s for the
+    first) and then the newest ones (polled every `actor.params_interval_s`, loaded
+    between chunks of `online_envs` x 8 steps), expert-action
     inference with sampled actions (`models.mgdt.MultiGamePolicy`). Each finished
     episode goes into the experience table as frame windows of game `g` (blocking on
-    the rate limiter), and (g, return, steps played) onto `reports`; (g, None, steps
-    played) says the actor is done."""
+    the rate limiter), and (g, return, steps played, learner step of the weights its
+    last chunk was played with, -1 for the checkpoint's own) onto `reports`; (g, None,
+    steps played, that step) says the actor is done."""
     from actors.envs import VectorEnv
     from actors.multigame import GamePlayer
     from launch.multigame import env_options
@@ -438,20 +440,29 @@ def multigame_actor_role(cfg, checkpoint: str, address: str, spec: ReplaySpec, g
                         policy, torch.Generator().manual_seed(seed))
     puller = ParamsPuller(address, expected_params(model), interval_s=cfg.actor.params_interval_s)
     puller.start()
-    taken = 0
+    taken, weights_step = 0, -1
+    # The learner publishes before it starts the actors: begin with those weights.
+    deadline = time.monotonic() + 60.0
+    while (newest := puller.poll()) is None and time.monotonic() < deadline \
+            and not stop.is_set():
+        time.sleep(0.01)
+    if newest is not None:
+        weights_step, arrays = newest
+        load_arrays(model, arrays)
     try:
         with FrameWindowWriter(address, spec, num_actions=cfg.model.act_dim,
                                num_games=len(mg.games)) as writer:
             while taken < steps and not stop.is_set():
                 newest = puller.poll()
                 if newest is not None:
-                    load_arrays(model, newest[1])
+                    weights_step, arrays = newest
+                    load_arrays(model, arrays)
                 episodes, n = player.play(min(mg.online_envs * 8, steps - taken))
                 taken += n
                 for episode in episodes:
                     writer.write(episode, g)
-                    reports.put((g, float(episode.ret), taken))
-        reports.put((g, None, taken))
+                    reports.put((g, float(episode.ret), taken, weights_step))
+        reports.put((g, None, taken, weights_step))
     finally:
         puller.stop()
         player.close()

@@ -148,4 +148,8 @@ def test_online_fine_tuning_with_an_actor_process_per_game(tmp_path):
         assert len(scalars[f"online/{game}/episode_return"]) == \
             report["games"][game]["actor_episodes"]
         assert f"eval/{game}/expert_return" in scalars
+        # Every episode was played with weights the learner published (from its step 4,
+        # pretraining's last), never older ones than the previous episode's.
+        used = [v for _, v in scalars[f"online/{game}/weights_step"]]
+        assert min(used) >= 4 and used == sorted(used)
     assert (run_dir / "finetune" / "checkpoint.pt").is_file()
