@@ -17,6 +17,14 @@ Behaviour policies, by tag:
   Atari agent further and more coherently than uniform play (a paddle crosses the
   screen, a ship keeps firing), so these episodes differ in kind from "random" ones.
   "noisy:1" plays as "random" does.
+- "cem:<rounds>" (e.g. "cem:8"): the better episodes of a short online run of the
+  cross-entropy method over sticky play. Sticky play at eps `CEM_EPS` draws its fresh
+  actions from a learned distribution, uniform at first; each round every environment
+  plays one episode, and the distribution moves halfway to the action frequencies of
+  the round's best quarter (`CEM_ELITE`), with a floor of `CEM_FLOOR` per action so no
+  action is lost. The tag's episodes are the best of all rounds' episodes, by
+  return. It needs no model, so recording can start from it; in Freeway it learns to
+  move up.
 - any other tag (such as "online-best", a checkpoint of a later online run) names a
   policy given in `policies`: a callable `policy(frames) -> actions`, or an object
   with such an `act` method, called each step with the frames of all `num_envs`
@@ -54,27 +62,42 @@ FramePolicy = Callable[[np.ndarray], np.ndarray]
 """frames (N, 1, H, W) uint8 -> (N,) action indices; see the module docstring for the
 optional `act`, `record` and `reset` methods."""
 NOISY_TAG = re.compile(r"noisy:(\d+(?:\.\d*)?|\.\d+)")
+CEM_TAG = re.compile(r"cem:([1-9]\d{0,3})")
+CEM_EPS = 0.1
+"""Stickiness of the cross-entropy method's play: a fresh action about every 10 steps."""
+CEM_ELITE = 0.25
+"""The share of a round's episodes (at least one) whose actions the next round imitates."""
+CEM_FLOOR = 0.01
+"""The least probability any action keeps in the cross-entropy method's distribution."""
 
 
 class StickyRandom:
     """Sticky random play for `num_envs` environments: each step repeats an
     environment's previous action with probability 1 - eps, otherwise draws one of
-    `num_actions` uniformly (always on an episode's first step). eps = 1 is uniform."""
+    `num_actions` (always on an episode's first step), uniformly or with the
+    probabilities `probs`. eps = 1 with uniform draws is uniform play."""
 
     def __init__(self, num_envs: int, num_actions: int, eps: float,
-                 rng: np.random.Generator):
+                 rng: np.random.Generator, probs: np.ndarray | None = None):
         if not 0.0 < eps <= 1.0:
             raise ValueError(f"eps={eps} must lie in (0, 1]")
+        if probs is not None:
+            probs = np.asarray(probs, np.float64)
+            if probs.shape != (num_actions,) or (probs < 0).any() \
+                    or not np.isclose(probs.sum(), 1.0):
+                raise ValueError(f"probs must be {num_actions} probabilities summing to 1")
         self.num_actions = num_actions
         self.eps = float(eps)
         self.rng = rng
+        self.probs = probs
         self.previous = np.zeros(num_envs, np.int64)
         self.first = np.ones(num_envs, bool)
 
     def __call__(self, frames: np.ndarray) -> np.ndarray:
         n = len(self.previous)
         fresh = self.first | (self.rng.random(n) < self.eps)
-        drawn = self.rng.integers(0, self.num_actions, n)
+        drawn = (self.rng.integers(0, self.num_actions, n) if self.probs is None
+                 else self.rng.choice(self.num_actions, n, p=self.probs))
         self.previous = np.where(fresh, drawn, self.previous)
         self.first[:] = False
         return self.previous.copy()
@@ -100,6 +123,45 @@ def noisy_eps(tag: str) -> float | None:
     return eps
 
 
+def cem_rounds(tag: str) -> int | None:
+    """The rounds of a "cem:<rounds>" tag (1-9999), None for any other tag; ValueError
+    for a malformed cem tag."""
+    if not tag.startswith("cem:"):
+        return None
+    match = CEM_TAG.fullmatch(tag)
+    if not match:
+        raise ValueError(f"policy tag {tag!r}: 'cem:<rounds>' needs a whole number of "
+                         "rounds from 1 to 9999, such as 'cem:8'")
+    return int(match.group(1))
+
+
+def cem_update(probs: np.ndarray, episodes: Sequence[Episode]) -> np.ndarray:
+    """The cross-entropy method's next action distribution: halfway from `probs` to
+    the action frequencies of the best `CEM_ELITE` of `episodes` (at least one) by
+    return, then mixed with a floor: CEM_FLOOR + (1 - n x CEM_FLOOR) x that, for n
+    actions, so every action keeps at least `CEM_FLOOR`."""
+    ranked = sorted(episodes, key=lambda episode: episode.ret, reverse=True)
+    elite = ranked[:max(1, round(CEM_ELITE * len(ranked)))]
+    counts = np.bincount(np.concatenate([e.actions for e in elite]).astype(np.int64),
+                         minlength=len(probs)).astype(np.float64)
+    mixed = 0.5 * probs + 0.5 * counts / max(counts.sum(), 1.0)
+    return CEM_FLOOR + (1.0 - CEM_FLOOR * len(probs)) * mixed
+
+
+def _record_cem(env: VectorEnv, rounds: int, count: int, rng: np.random.Generator,
+                tag: str) -> list[Episode]:
+    """`rounds` rounds of the cross-entropy method (module docstring), each environment
+    playing one episode a round; the `count` best episodes of them all, best first."""
+    probs = np.full(env.spec.num_actions, 1.0 / env.spec.num_actions)
+    played: list[Episode] = []
+    for _ in range(rounds):
+        policy = StickyRandom(env.num_envs, env.spec.num_actions, CEM_EPS, rng, probs)
+        episodes = _record(env, policy, tag, env.num_envs)
+        played.extend(episodes)
+        probs = cem_update(probs, episodes)
+    return sorted(played, key=lambda episode: episode.ret, reverse=True)[:count]
+
+
 def record_games(games: Sequence[str], episodes_per_policy: Mapping[str, int], seed: int,
                  options: Mapping | None = MGDT_OPTIONS,
                  max_steps_per_episode: int | None = None, *, num_envs: int = 4,
@@ -115,7 +177,8 @@ def record_games(games: Sequence[str], episodes_per_policy: Mapping[str, int], s
     names a game that envpool does not know or whose spaces under `options` are not
     Discrete actions with one uint8 frame per step, games whose action counts or frame
     shapes differ (without `full_action_space`), an unknown or malformed policy tag,
-    a tag of `policies` that no count asks for, a count that is not an int >= 0,
+    a tag of `policies` that no count asks for, a count that is not an int >= 0 or,
+    for a "cem:<rounds>" tag, above the rounds' rounds x `num_envs` episodes,
     `max_steps_per_episode` < 1 or given with `options["max_episode_steps"]`, and
     `num_envs` < 1.
     """
@@ -138,6 +201,11 @@ def record_games(games: Sequence[str], episodes_per_policy: Mapping[str, int], s
         raise ValueError(f"games={games} must name at least one game, each once")
     policies = dict(policies or {})
     counts = _check_counts(episodes_per_policy, policies)
+    for tag, count in counts.items():
+        rounds = cem_rounds(tag)
+        if rounds is not None and count > rounds * num_envs:
+            raise ValueError(f"episodes_per_policy[{tag!r}]={count}: {rounds} rounds of "
+                             f"{num_envs} environments play {rounds * num_envs} episodes")
     specs = [_game_spec(game, options) for game in games]
     for game, spec in zip(games[1:], specs[1:]):
         if (spec.num_actions, spec.observation_shape) != (specs[0].num_actions,
@@ -158,11 +226,16 @@ def record_games(games: Sequence[str], episodes_per_policy: Mapping[str, int], s
             for (tag, count), policy_seed in zip(counts.items(), policy_seeds):
                 if count == 0:
                     continue
-                eps = 1.0 if tag == "random" else noisy_eps(tag)
-                policy = policies[tag] if eps is None else StickyRandom(
-                    num_envs, spec.num_actions, eps, np.random.default_rng(policy_seed))
-                recorded[game].extend(TaggedEpisode(episode, tag)
-                                      for episode in _record(env, policy, tag, count))
+                rng = np.random.default_rng(policy_seed)
+                rounds = cem_rounds(tag)
+                if rounds is not None:
+                    episodes = _record_cem(env, rounds, count, rng, tag)
+                else:
+                    eps = 1.0 if tag == "random" else noisy_eps(tag)
+                    policy = policies[tag] if eps is None else StickyRandom(
+                        num_envs, spec.num_actions, eps, rng)
+                    episodes = _record(env, policy, tag, count)
+                recorded[game].extend(TaggedEpisode(episode, tag) for episode in episodes)
         finally:
             env.close()
     return recorded
@@ -179,7 +252,7 @@ def _check_counts(episodes_per_policy: Mapping[str, int],
         check_policy_tag(tag)
         if isinstance(count, bool) or not isinstance(count, (int, np.integer)) or count < 0:
             raise ValueError(f"episodes_per_policy[{tag!r}]={count!r} must be an int >= 0")
-        built_in = tag == "random" or noisy_eps(tag) is not None
+        built_in = tag == "random" or noisy_eps(tag) is not None or cem_rounds(tag) is not None
         if built_in and tag in policies:
             raise ValueError(f"policies[{tag!r}]: {tag!r} is a built-in policy tag")
         if not built_in:

@@ -547,6 +547,22 @@ def _multigame_problems(cfg: RunConfig) -> list[str]:
             not isinstance(n, int) or n < 1 for n in mg.episodes_per_policy.values()):
         problems.append(f"multigame.episodes_per_policy={mg.episodes_per_policy} must map "
                         "policy tags to episode counts >= 1")
+    from actors.multigame import cem_rounds, noisy_eps
+
+    for tag, count in dict(mg.episodes_per_policy).items():
+        try:
+            rounds = cem_rounds(str(tag))
+            built_in = tag == "random" or noisy_eps(str(tag)) is not None or rounds is not None
+        except ValueError as error:
+            problems.append(f"multigame.episodes_per_policy: {error}")
+            continue
+        if not built_in:
+            problems.append(f"multigame.episodes_per_policy: policy {tag!r} is none of "
+                            "'random', 'noisy:<eps>' and 'cem:<rounds>'")
+        elif rounds is not None and isinstance(count, int) and count > rounds * mg.record_envs:
+            problems.append(f"multigame.episodes_per_policy[{tag!r}]={count}: {rounds} rounds "
+                            f"of multigame.record_envs={mg.record_envs} environments play "
+                            f"{rounds * mg.record_envs} episodes")
     for name in ("record_envs", "eval_episodes", "online_envs", "online_round_steps",
                  "replay_capacity_steps"):
         if getattr(mg, name) < 1:

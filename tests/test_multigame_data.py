@@ -13,7 +13,14 @@ import numpy as np
 import pytest
 
 from actors.envs import MGDT_OPTIONS, VectorEnv, env_spec
-from actors.multigame import StickyRandom, noisy_eps, record_games
+from actors.multigame import (
+    CEM_FLOOR,
+    StickyRandom,
+    cem_rounds,
+    cem_update,
+    noisy_eps,
+    record_games,
+)
 from replay.datasets import (
     MINARI_DATA_FILE,
     MINARI_METADATA_FILE,
@@ -137,6 +144,48 @@ def test_noisy_play_repeats_its_previous_action_as_often_as_eps_says(recorded):
     assert sticky.first.tolist() == [False, True, False] and first.shape == (3,)
 
 
+def test_cem_update_moves_halfway_to_the_best_quarters_actions():
+    def episode(actions, ret):
+        actions = np.asarray(actions, np.int64)
+        rewards = np.zeros(len(actions), np.float32)
+        rewards[0] = ret
+        return Episode(np.zeros((len(actions) + 1, 1, 84, 84), np.uint8), actions, rewards,
+                       terminated=True, truncated=False)
+
+    uniform = np.full(4, 0.25)
+
+    def floored(p):
+        return CEM_FLOOR + (1 - 4 * CEM_FLOOR) * np.asarray(p)
+
+    played = [episode([0, 0, 1, 1], 1.0), episode([2, 2, 2, 2], 5.0),
+              episode([3, 3, 3, 3], 0.0), episode([1, 1, 1, 1], 2.0)]
+    # The best quarter of four episodes is the one of return 5, which plays action 2.
+    np.testing.assert_allclose(cem_update(uniform, played),
+                               floored([0.125, 0.125, 0.625, 0.125]))
+    # Eight episodes: the best two (returns 5 and 2) play actions 2 and 1 half and half.
+    eight = played + [episode([3, 3, 3, 3], -1.0)] * 4
+    np.testing.assert_allclose(cem_update(uniform, eight),
+                               floored([0.125, 0.375, 0.375, 0.125]))
+    # No action falls below the floor, however long it goes unplayed.
+    probs = uniform
+    for _ in range(20):
+        probs = cem_update(probs, played)
+    assert probs.min() >= CEM_FLOOR - 1e-12 and probs.sum() == pytest.approx(1.0)
+    assert probs.argmax() == 2
+    assert cem_rounds("cem:8") == 8 and cem_rounds("noisy:0.3") is None
+
+
+def test_cem_recording_keeps_the_best_of_all_rounds():
+    out = record_games(["Breakout-v5"], {"cem:3": 4}, seed=2, max_steps_per_episode=40,
+                       num_envs=2)["Breakout-v5"]
+    assert [tag for _, tag in out] == ["cem:3"] * 4
+    returns = [tagged.episode.ret for tagged in out]
+    assert returns == sorted(returns, reverse=True)
+    # The four kept are the best of the 3 rounds x 2 environments played; every
+    # episode lasts the 40-step limit or ends in a game over.
+    assert all(len(tagged.episode.actions) <= 40 for tagged in out)
+
+
 def test_recording_is_reproducible_from_the_seed():
     def once():
         return record_games(["Breakout-v5"], {"noisy:0.5": 1}, seed=7,
@@ -183,6 +232,9 @@ def test_a_given_policy_is_told_its_steps_and_episode_starts():
 @pytest.mark.parametrize("kwargs, message", [
     ({"episodes_per_policy": {"best": 1}}, "names policy 'best', which is neither"),
     ({"episodes_per_policy": {"noisy:1.5": 1}}, r"needs eps in \(0, 1\]"),
+    ({"episodes_per_policy": {"cem:0": 1}}, "needs a whole number of rounds"),
+    ({"episodes_per_policy": {"cem:2": 5}, "num_envs": 2},
+     r"2 rounds of 2 environments play 4 episodes"),
     ({"episodes_per_policy": {"random": -1}}, r"episodes_per_policy\['random'\]=-1"),
     ({"episodes_per_policy": {"bad tag": 1}}, "policy tag 'bad tag'"),
     ({"policies": {"spare": print}}, r"policies\['spare'\] is given but"),

@@ -8,6 +8,7 @@ test's."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -153,3 +154,15 @@ def test_online_fine_tuning_with_an_actor_process_per_game(tmp_path):
         used = [v for _, v in scalars[f"online/{game}/weights_step"]]
         assert min(used) >= 4 and used == sorted(used)
     assert (run_dir / "finetune" / "checkpoint.pt").is_file()
+
+
+@pytest.mark.parametrize("counts, message", [
+    ('{"cem:2": 9}', r"2 rounds of multigame.record_envs=4 environments play 8 episodes"),
+    ('{"cem:x": 1}', "needs a whole number of rounds"),
+    ('{"online-best": 1}', "policy 'online-best' is none of"),
+])
+def test_the_preset_refuses_data_policies_it_cannot_record(counts, message):
+    from launch.presets import validate
+
+    cfg = apply_setting(get_preset("mgdt-atari3"), f"multigame.episodes_per_policy={counts}")
+    assert any(re.search(message, problem) for problem in validate(cfg)), validate(cfg)
