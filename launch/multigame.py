@@ -11,7 +11,8 @@ Stages, each writing under the run directory:
    equally often with `multigame.balance_games`), the 'mgdt' objective (action, return
    bucket and reward class cross-entropies).
 3. Per game, `multigame.eval_episodes` episodes with expert-action inference
-   (`models.mgdt.MultiGamePolicy` 'expert', kappa `multigame.kappa`) and with plain
+   (`models.mgdt.MultiGamePolicy` 'expert', kappa `multigame.kappa`, actions sampled
+   above `multigame.action_top_percentile` of their logits) and with plain
    conditioning on the dataset's best return ('target'); raw and human-normalized
    returns (`replay.atari_scores`), written to `multigame.json` and TensorBoard
    (`eval/<game>/{expert,target}_return`, `..._human_normalized` in `pretrain/`).
@@ -114,7 +115,8 @@ def env_options(cfg) -> dict:
 
 
 def play(model, game: str, episodes: int, seed: int, options: dict, mode: str,
-         kappa: float = 0.0, target_return: float | None = None) -> np.ndarray:
+         kappa: float = 0.0, target_return: float | None = None,
+         action_top_percentile: float | None = None) -> np.ndarray:
     """Raw returns of `episodes` episodes of `game`, one env each, played with the model
     through `MultiGamePolicy` in `mode`; each env plays one episode."""
     from models.mgdt import MultiGamePolicy
@@ -122,7 +124,8 @@ def play(model, game: str, episodes: int, seed: int, options: dict, mode: str,
     model.eval()
     device = next(model.parameters()).device
     policy = MultiGamePolicy(model, episodes, mode=mode, kappa=kappa,
-                             target_return=target_return)
+                             target_return=target_return,
+                             action_top_percentile=action_top_percentile)
     generator = torch.Generator(device=device).manual_seed(seed)
     env = VectorEnv(game, episodes, seed, options=options)
     returns = np.zeros(episodes)
@@ -215,9 +218,11 @@ def evaluate_games(cfg, model, results: dict[str, GameResult], field_name: str,
             best = float(result.dataset_clipped_returns.max())
             returns = getattr(result, field_name)
             returns["expert"] = play(model, game, mg.eval_episodes, cfg.eval.seed, options,
-                                     "expert", kappa=mg.kappa)
+                                     "expert", kappa=mg.kappa,
+                                     action_top_percentile=mg.action_top_percentile)
             returns["target"] = play(model, game, mg.eval_episodes, cfg.eval.seed, options,
-                                     "target", target_return=best)
+                                     "target", target_return=best,
+                                     action_top_percentile=mg.action_top_percentile)
             written = [(returns, step)]
             if before is not None:
                 written.insert(0, (getattr(result, before), 0))
@@ -400,7 +405,8 @@ def _take_turns(online: _Online, frames_writer) -> None:
     try:
         for g, game in enumerate(mg.games):
             policy = MultiGamePolicy(online.learner.model, mg.online_envs, mode="expert",
-                                     kappa=mg.kappa)
+                                     kappa=mg.kappa,
+                                     action_top_percentile=mg.action_top_percentile)
             env = VectorEnv(game, mg.online_envs, game_seed(cfg, g), options=env_options(cfg))
             players.append(GamePlayer(env, policy, generator))
         while online.env_steps < mg.online_env_steps:

@@ -185,10 +185,10 @@ class MultiGameConfig:
     """envpool Atari games, one model for all (each needs reference scores in
     `replay.atari_scores`)."""
     episodes_per_policy: dict = field(
-        default_factory=lambda: {"random": 8, "noisy:0.3": 8, "noisy:0.1": 8})
-    """Behaviour policy tag (`actors.multigame`) -> episodes recorded per game. Three
-    qualities: in Freeway uniform play scores 0, "noisy:0.3" 0-1 and "noisy:0.1" 1-7
-    (2000-step episodes, seed 0)."""
+        default_factory=lambda: {"random": 8, "noisy:0.3": 8, "noisy:0.1": 8, "cem:8": 8})
+    """Behaviour policy tag (`actors.multigame`) -> episodes recorded per game. Four
+    qualities: in Freeway (1000-step episodes, seed 0) uniform play scores 0, "noisy:0.3"
+    0-1, "noisy:0.1" 0-2 and the best 8 of a 32-episode cross-entropy-method run 3-5."""
     max_steps_per_episode: int = 1000
     """Episode limit in agent steps (4 frames each) when recording and evaluating; 0:
     envpool's own (27,000)."""
@@ -201,6 +201,10 @@ class MultiGameConfig:
     kappa: float = 10.0
     """Optimality weight of expert-action inference: returns sampled from the predicted
     distribution reweighted by exp(kappa x normalized return)."""
+    action_top_percentile: float = 50.0
+    """Actions are sampled among those whose logits reach this percentile of the step's
+    logits, in evaluation and online acting (the official colab's evaluation setting,
+    50: the upper half; `models.mgdt.top_percentile_logits`)."""
     online_env_steps: int = 30_000
     """Online fine-tuning budget in environment steps, all games together; 0 skips the
     online stage."""
@@ -567,6 +571,9 @@ def _multigame_problems(cfg: RunConfig) -> list[str]:
                  "replay_capacity_steps"):
         if getattr(mg, name) < 1:
             problems.append(f"multigame.{name}={getattr(mg, name)} must be >= 1")
+    if not 0 <= mg.action_top_percentile < 100:
+        problems.append(f"multigame.action_top_percentile={mg.action_top_percentile} must "
+                        "lie in [0, 100)")
     if mg.max_steps_per_episode < 0:
         problems.append(f"multigame.max_steps_per_episode={mg.max_steps_per_episode} must "
                         "be >= 0 (0: envpool's limit)")

@@ -435,7 +435,8 @@ def multigame_actor_role(cfg, checkpoint: str, address: str, spec: ReplaySpec, g
     torch.set_num_threads(1)
     mg = cfg.multigame
     model, _ = load_policy(checkpoint)
-    policy = MultiGamePolicy(model, mg.online_envs, mode="expert", kappa=mg.kappa)
+    policy = MultiGamePolicy(model, mg.online_envs, mode="expert", kappa=mg.kappa,
+                             action_top_percentile=mg.action_top_percentile)
     player = GamePlayer(VectorEnv(mg.games[g], mg.online_envs, seed, options=env_options(cfg)),
                         policy, torch.Generator().manual_seed(seed))
     puller = ParamsPuller(address, expected_params(model), interval_s=cfg.actor.params_interval_s)

@@ -342,6 +342,15 @@ def expert_return(return_logits: torch.Tensor, kappa: float, temperature: float 
     return draws.max(-1).values.reshape(return_logits.shape[:-1])  # (...)
 
 
+def top_percentile_logits(logits: torch.Tensor, percentile: float) -> torch.Tensor:
+    """`logits` (..., n) with every entry below its row's `percentile`-th percentile
+    (linear interpolation, `torch.quantile`) set to -inf: sampling then draws only among
+    the rest, at least the row's largest. The official colab's `top_percentile` action
+    cut; 50 keeps the upper half of the logits."""
+    threshold = torch.quantile(logits.float(), percentile / 100.0, dim=-1, keepdim=True)
+    return logits.masked_fill(logits < threshold, float("-inf"))
+
+
 POLICY_MODES = ("expert", "target")
 
 
@@ -366,19 +375,23 @@ class MultiGamePolicy:
       return prediction there with `expert_return` (kappa, return_temperature,
       num_return_samples), then the action is sampled from the logits the model gives
       with that return token. The defaults are the official colab's evaluation
-      settings: kappa 0, 128 samples (their max), return temperature 0.75, action
-      temperature 1 (its top-percentile cut of the action logits is not implemented).
+      settings (kappa 0, 128 samples and their max, return temperature 0.75, action
+      temperature 1) but its action cut: `action_top_percentile` None samples from every
+      action; the colab's 50 samples among the actions whose logits reach the row's
+      median (`top_percentile_logits`).
     - 'target': the return token is the bucket of a target return, `target_return` at an
       episode's start, less each clipped reward received, as the DT conditions.
 
     Frames are uint8 (N, C, H, W) arrays or tensors; actions come back as an int64 numpy
-    array of N action indices, drawn with `action_temperature`.
+    array of N action indices, drawn with `action_temperature` (after the
+    `action_top_percentile` cut, in both modes).
     """
 
     def __init__(self, model: MultiGameDecisionTransformer, num_envs: int,
                  context_len: int | None = None, *, mode: str = "expert", kappa: float = 0.0,
                  return_temperature: float = 0.75, num_return_samples: int = 128,
-                 action_temperature: float = 1.0, target_return: float | None = None):
+                 action_temperature: float = 1.0, target_return: float | None = None,
+                 action_top_percentile: float | None = None):
         T = model.cfg.context_len if context_len is None else context_len
         problems = []
         if not 1 <= T <= model.cfg.context_len:
@@ -396,6 +409,9 @@ class MultiGamePolicy:
             problems.append(f"action_temperature={action_temperature} must be > 0")
         if num_return_samples < 1:
             problems.append(f"num_return_samples={num_return_samples} must be >= 1")
+        if action_top_percentile is not None and not 0 <= action_top_percentile < 100:
+            problems.append(f"action_top_percentile={action_top_percentile} must lie in "
+                            "[0, 100) or be None")
         if problems:
             raise ValueError("; ".join(problems))
         self.model = model
@@ -406,6 +422,7 @@ class MultiGamePolicy:
         self.return_temperature = return_temperature
         self.num_return_samples = num_return_samples
         self.action_temperature = action_temperature
+        self.action_top_percentile = action_top_percentile
         self.target_return = target_return
         self.device = next(model.parameters()).device
         N = num_envs
@@ -463,6 +480,8 @@ class MultiGamePolicy:
         else:
             self.return_buckets[:, -1] = self.model.buckets.encode(self.targets)
         logits = self._predict().action_logits[:, -1].float()  # (N, act_dim)
+        if self.action_top_percentile is not None:
+            logits = top_percentile_logits(logits, self.action_top_percentile)
         probs = (logits / self.action_temperature).softmax(-1)
         actions = torch.multinomial(probs, 1, generator=generator)[:, 0]
         self.awaiting_record = True

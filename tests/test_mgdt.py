@@ -39,6 +39,7 @@ from models.mgdt import (
     expert_return,
     patchify,
     step_attention_mask,
+    top_percentile_logits,
     unpatchify,
 )
 from replay.atari_scores import ATARI_REFERENCE_SCORES, human_normalized
@@ -459,6 +460,32 @@ def test_policy_in_expert_mode_acts_and_resets_per_env():
     assert policy.mask[1].tolist() == [0.0, 1.0]
     with pytest.raises(RuntimeError, match="act called twice"):
         policy.act(frames_for(N, 4))
+
+
+def test_the_action_cut_samples_only_the_upper_half_of_the_logits():
+    logits = torch.tensor([[0.0, 3.0, 1.0, 2.0, -1.0, 5.0], [1.0, 1.0, 1.0, 1.0, 1.0, 1.0]])
+    cut = top_percentile_logits(logits, 50.0)
+    # Row 0's median is 1.5: actions 1, 3 and 5 stay; a row of equal logits keeps all.
+    assert torch.isfinite(cut).tolist() == [[False, True, False, True, False, True],
+                                            [True] * 6]
+    assert torch.equal(cut[0, [1, 3, 5]], logits[0, [1, 3, 5]])
+    assert torch.isfinite(top_percentile_logits(logits, 0.0)).all()
+    assert torch.isfinite(top_percentile_logits(logits, 99.0)).sum(-1).tolist() == [1, 6]
+
+    model = tiny_model()
+    policy = MultiGamePolicy(model, 4, mode="target", target_return=5.0,
+                             action_top_percentile=50.0, action_temperature=100.0)
+    g = torch.Generator().manual_seed(1)
+    for step in range(6):
+        actions = policy.act(frames_for(4, step), generator=g)
+        logits = predict(model, policy.frames, policy.return_buckets, policy.actions,
+                         policy.reward_classes, policy.mask).action_logits[:, -1].float()
+        median = logits.quantile(0.5, dim=-1)
+        # A hot temperature makes the kept actions near-equally likely; none below the cut.
+        assert (logits[torch.arange(4), torch.as_tensor(actions)] >= median).all()
+        policy.record(actions, np.zeros(4))
+    with pytest.raises(ValueError, match=r"action_top_percentile=100 must lie in \[0, 100\)"):
+        MultiGamePolicy(model, 2, action_top_percentile=100)
 
 
 def test_policy_in_target_mode_conditions_on_the_return_left():
