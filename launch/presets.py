@@ -588,7 +588,7 @@ def mgdt_atari3() -> RunConfig:
     from onramp's own mixed-quality data, sized for 2 CPU cores (DESIGN.md,
     "Multi-Game Decision Transformer"): width 128, 3 layers, a 4-step context of 84x84
     frames (156 tokens), batch 32; 1000 pretraining updates, then 30k online steps of
-    all games together at 0.1 updates per step."""
+    all games together at 0.05 updates per step (1500 updates)."""
     return RunConfig(
         name="mgdt-atari3",
         env=EnvConfig(env_id="Pong-v5", options={"stack_num": 1, "full_action_space": True}),
@@ -600,7 +600,7 @@ def mgdt_atari3() -> RunConfig:
         pretrain=PretrainConfig(updates=1000, log_every=100, eval_every=0,
                                 checkpoint_every=1000),
         eval=EvalConfig(episodes=4, context_len=4),
-        replay=ReplayConfig(item_format="frame_window", updates_per_env_step=0.1),
+        replay=ReplayConfig(item_format="frame_window", updates_per_env_step=0.05),
         pipeline="multi_game",
         multigame=MultiGameConfig(),
     )
