@@ -29,7 +29,7 @@ ENTRY_POINTS = {
                         "task_id", "seed"],
     "learner.pretrain": [*CONFIG, *PRETRAIN, "logdir"],
     "launch.main": [*CONFIG, *PRETRAIN, "logdir", "num_actors", *FINETUNE, "mode", "resume",
-                    "online"],
+                    "online", "games"],
     "launch.local": ["checkpoint", *CONFIG, "logdir", "num_actors", *FINETUNE, "mode",
                      "resume"],
     "launch.node": ["role", "replay_address", "port", "actor_id", "checkpoint",
