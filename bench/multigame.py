@@ -19,6 +19,13 @@ stage's median seconds, and the comparisons the issue asks for:
 
     python -m bench.multigame --seeds=0,1,2 [--preset=mgdt-atari3] [--out=runs/multigame]
         [--single_game=true] [--set=multigame.online_env_steps=60000 ...]
+
+With `--evaluate_only`, the seeds' runs already in `--out` are played again (the
+evaluation stage only: the pretrained, fine-tuned and single-game checkpoints there)
+with their saved configs and the `--set` overrides, such as the inference settings
+`multigame.num_return_samples` or `multigame.kappa`; each seed's curves go to
+`<out>/seed<s>/evaluation/`, and the rows and the report are printed as above, without
+stage times.
 """
 
 from __future__ import annotations
@@ -40,6 +47,8 @@ flags.DEFINE_string("preset", "mgdt-atari3", "A multi-game preset.")
 flags.DEFINE_bool("single_game", True, "Also train and evaluate one model per game.")
 flags.DEFINE_multi_string("set", [], "Config override, dotted field=value, "
                           "e.g. --set=multigame.online_env_steps=60000; repeatable.")
+flags.DEFINE_bool("evaluate_only", False, "Play the runs already in --out again (the "
+                  "evaluation stage only) with the --set overrides.")
 
 MODES = ("expert", "target")
 
@@ -69,20 +78,79 @@ def single_game_scores(cfg, run_dir: Path, game: str, episodes) -> dict:
             "seconds": round(seconds, 1)}
 
 
+def add_single(row: dict, game: str, single: dict) -> None:
+    """Put a single-game model's returns per mode (and human-normalized) into `row`."""
+    from replay.atari_scores import human_normalized
+
+    for mode in MODES:
+        value = single[f"{mode}_return"]
+        row["games"][game][f"single_{mode}_return"] = value
+        row["games"][game][f"single_{mode}_human_normalized"] = human_normalized(game, value)
+
+
+def evaluate_again(out: Path, seeds: list[int], settings: list[str]) -> list[dict]:
+    """`--evaluate_only` (module docstring): one row per seed, as `main` prints."""
+    from launch.flags import apply_setting, checked
+    from launch.multigame import evaluate_games, game_result
+    from launch.presets import RunConfig
+    from learner.checkpoint import load_policy
+    from replay.multigame import load_multigame
+
+    missing = [s for s in seeds if not (out / f"seed{s}" / "pretrain" / "checkpoint.pt").is_file()]
+    if missing:
+        raise FileNotFoundError(f"--evaluate_only: {out} has no pretrained run for seed(s) "
+                                f"{', '.join(map(str, missing))}")
+    done = [s for s in seeds if (out / f"seed{s}" / "evaluation").exists()]
+    if done:
+        raise FileExistsError(f"--evaluate_only: {out}/seed{done[0]}/evaluation already exists")
+    rows = []
+    for seed in seeds:
+        run_dir = out / f"seed{seed}"
+        cfg = RunConfig.from_dict(json.loads((run_dir / "config.json").read_text()))
+        for item in settings:
+            cfg = apply_setting(cfg, item)
+        cfg = checked(cfg)
+        data = load_multigame(run_dir / "data")
+        results = {game: game_result(game, data[game]) for game in cfg.multigame.games}
+        evaluation = run_dir / "evaluation"
+        for stage, field_name in (("pretrain", "returns"), ("finetune", "online_returns")):
+            checkpoint = run_dir / stage / "checkpoint.pt"
+            if checkpoint.is_file():
+                model, payload = load_policy(checkpoint)
+                evaluate_games(cfg, model, results, field_name, evaluation / stage,
+                               int(payload["learner"]["step"]))
+        row = {"seed": seed, "seconds": {}, "settings": settings,
+               "games": {game: result.figures() for game, result in results.items()}}
+        for game in results:
+            checkpoint = run_dir / "single" / game / "checkpoint.pt"
+            if checkpoint.is_file():
+                model, payload = load_policy(checkpoint)
+                single = game_result(game, data[game])
+                evaluate_games(cfg, model, {game: single}, "returns",
+                               evaluation / "single" / game, int(payload["learner"]["step"]))
+                add_single(row, game, {f"{mode}_return": float(values.mean())
+                                       for mode, values in single.returns.items()})
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+    return rows
+
+
 def main(argv) -> None:
     del argv
     from launch.multigame import run_multi_game
     from launch.pipeline import save_config
-    from replay.atari_scores import human_normalized
     from replay.multigame import load_multigame
 
     FLAGS = flags.FLAGS
+    out = Path(FLAGS.out)
+    seeds = [int(s) for s in FLAGS.seeds.split(",")]
+    if FLAGS.evaluate_only:
+        print(json.dumps(report(evaluate_again(out, seeds, FLAGS.set))))
+        return
     base = pipeline_preset(FLAGS.preset, FLAGS.set, "multi_game", "bench.multigame",
                            "mgdt-atari3")
-    out = Path(FLAGS.out)
     if out.exists():
         raise FileExistsError(f"--out={out} already exists")
-    seeds = [int(s) for s in FLAGS.seeds.split(",")]
     out.mkdir(parents=True)
     rows = []
     for seed in seeds:
@@ -99,11 +167,7 @@ def main(argv) -> None:
             for game in results:
                 single = single_game_scores(cfg, run_dir, game, data[game])
                 row["seconds"][f"single_{game}"] = single.pop("seconds")
-                for mode in MODES:
-                    value = single[f"{mode}_return"]
-                    row["games"][game][f"single_{mode}_return"] = value
-                    row["games"][game][f"single_{mode}_human_normalized"] = human_normalized(
-                        game, value)
+                add_single(row, game, single)
         print(json.dumps(row), flush=True)
         rows.append(row)
     print(json.dumps(report(rows)))

@@ -11,8 +11,8 @@ Stages, each writing under the run directory:
    equally often with `multigame.balance_games`), the 'mgdt' objective (action, return
    bucket and reward class cross-entropies).
 3. Per game, `multigame.eval_episodes` episodes with expert-action inference
-   (`models.mgdt.MultiGamePolicy` 'expert', kappa `multigame.kappa`, actions sampled
-   above `multigame.action_top_percentile` of their logits) and with plain
+   (`models.mgdt.MultiGamePolicy` 'expert', with `policy_settings`: kappa, return
+   samples and temperature, action cut) and with plain
    conditioning on the dataset's best return ('target'); raw and human-normalized
    returns (`replay.atari_scores`), written to `multigame.json` and TensorBoard
    (`eval/<game>/{expert,target}_return`, `..._human_normalized` in `pretrain/`).
@@ -114,18 +114,26 @@ def env_options(cfg) -> dict:
     return options
 
 
+def policy_settings(cfg) -> dict:
+    """`MultiGamePolicy`'s inference settings from `cfg.multigame`, for evaluation and
+    online acting alike."""
+    mg = cfg.multigame
+    return {"kappa": mg.kappa, "num_return_samples": mg.num_return_samples,
+            "return_temperature": mg.return_temperature,
+            "action_top_percentile": mg.action_top_percentile}
+
+
 def play(model, game: str, episodes: int, seed: int, options: dict, mode: str,
-         kappa: float = 0.0, target_return: float | None = None,
-         action_top_percentile: float | None = None) -> np.ndarray:
+         target_return: float | None = None, **settings) -> np.ndarray:
     """Raw returns of `episodes` episodes of `game`, one env each, played with the model
-    through `MultiGamePolicy` in `mode`; each env plays one episode."""
+    through `MultiGamePolicy` in `mode` with `settings` (its keyword arguments, e.g.
+    `policy_settings`); each env plays one episode."""
     from models.mgdt import MultiGamePolicy
 
     model.eval()
     device = next(model.parameters()).device
-    policy = MultiGamePolicy(model, episodes, mode=mode, kappa=kappa,
-                             target_return=target_return,
-                             action_top_percentile=action_top_percentile)
+    policy = MultiGamePolicy(model, episodes, mode=mode, target_return=target_return,
+                             **settings)
     generator = torch.Generator(device=device).manual_seed(seed)
     env = VectorEnv(game, episodes, seed, options=options)
     returns = np.zeros(episodes)
@@ -218,11 +226,9 @@ def evaluate_games(cfg, model, results: dict[str, GameResult], field_name: str,
             best = float(result.dataset_clipped_returns.max())
             returns = getattr(result, field_name)
             returns["expert"] = play(model, game, mg.eval_episodes, cfg.eval.seed, options,
-                                     "expert", kappa=mg.kappa,
-                                     action_top_percentile=mg.action_top_percentile)
+                                     "expert", **policy_settings(cfg))
             returns["target"] = play(model, game, mg.eval_episodes, cfg.eval.seed, options,
-                                     "target", target_return=best,
-                                     action_top_percentile=mg.action_top_percentile)
+                                     "target", target_return=best, **policy_settings(cfg))
             written = [(returns, step)]
             if before is not None:
                 written.insert(0, (getattr(result, before), 0))
@@ -405,8 +411,7 @@ def _take_turns(online: _Online, frames_writer) -> None:
     try:
         for g, game in enumerate(mg.games):
             policy = MultiGamePolicy(online.learner.model, mg.online_envs, mode="expert",
-                                     kappa=mg.kappa,
-                                     action_top_percentile=mg.action_top_percentile)
+                                     **policy_settings(cfg))
             env = VectorEnv(game, mg.online_envs, game_seed(cfg, g), options=env_options(cfg))
             players.append(GamePlayer(env, policy, generator))
         while online.env_steps < mg.online_env_steps:

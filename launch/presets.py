@@ -201,6 +201,11 @@ class MultiGameConfig:
     kappa: float = 10.0
     """Optimality weight of expert-action inference: returns sampled from the predicted
     distribution reweighted by exp(kappa x normalized return)."""
+    num_return_samples: int = 128
+    """Expert-action inference conditions on the highest of this many returns drawn from
+    the reweighted distribution (the official colab's 128; 1: plain sampling)."""
+    return_temperature: float = 0.75
+    """Temperature of those return draws (the official colab's 0.75)."""
     action_top_percentile: float = 50.0
     """Actions are sampled among those whose logits reach this percentile of the step's
     logits, in evaluation and online acting (the official colab's evaluation setting,
@@ -571,6 +576,10 @@ def _multigame_problems(cfg: RunConfig) -> list[str]:
                  "replay_capacity_steps"):
         if getattr(mg, name) < 1:
             problems.append(f"multigame.{name}={getattr(mg, name)} must be >= 1")
+    if mg.num_return_samples < 1:
+        problems.append(f"multigame.num_return_samples={mg.num_return_samples} must be >= 1")
+    if not mg.return_temperature > 0:
+        problems.append(f"multigame.return_temperature={mg.return_temperature} must be > 0")
     if not 0 <= mg.action_top_percentile < 100:
         problems.append(f"multigame.action_top_percentile={mg.action_top_percentile} must "
                         "lie in [0, 100)")

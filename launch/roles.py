@@ -427,7 +427,7 @@ def multigame_actor_role(cfg, checkpoint: str, address: str, spec: ReplaySpec, g
     steps played, that step) says the actor is done."""
     from actors.envs import VectorEnv
     from actors.multigame import GamePlayer
-    from launch.multigame import env_options
+    from launch.multigame import env_options, policy_settings
     from learner.checkpoint import load_policy
     from models.mgdt import MultiGamePolicy
     from replay.frame_window import FrameWindowWriter
@@ -435,8 +435,7 @@ def multigame_actor_role(cfg, checkpoint: str, address: str, spec: ReplaySpec, g
     torch.set_num_threads(1)
     mg = cfg.multigame
     model, _ = load_policy(checkpoint)
-    policy = MultiGamePolicy(model, mg.online_envs, mode="expert", kappa=mg.kappa,
-                             action_top_percentile=mg.action_top_percentile)
+    policy = MultiGamePolicy(model, mg.online_envs, mode="expert", **policy_settings(cfg))
     player = GamePlayer(VectorEnv(mg.games[g], mg.online_envs, seed, options=env_options(cfg)),
                         policy, torch.Generator().manual_seed(seed))
     puller = ParamsPuller(address, expected_params(model), interval_s=cfg.actor.params_interval_s)

@@ -166,3 +166,34 @@ def test_the_preset_refuses_data_policies_it_cannot_record(counts, message):
 
     cfg = apply_setting(get_preset("mgdt-atari3"), f"multigame.episodes_per_policy={counts}")
     assert any(re.search(message, problem) for problem in validate(cfg)), validate(cfg)
+
+
+def test_bench_plays_its_runs_again_with_other_inference_settings(tmp_path):
+    """bench.multigame's --evaluate_only plays the seeds' checkpoints again: with the
+    saved settings it reproduces the run's own scores exactly (the evaluation is
+    seeded), and with others it writes its curves beside the run's."""
+    out = tmp_path / "bench"
+    tiny = [t.replace("--games=Pong,Breakout-v5", f"--set=multigame.games={','.join(GAMES)}")
+            for t in TINY]
+
+    def bench(*args):
+        proc = subprocess.run([sys.executable, "-m", "bench.multigame", "--seeds=0",
+                               f"--out={out}", *args], cwd=REPO, capture_output=True,
+                              text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+
+    first, _ = bench(*tiny)
+    again, report = bench("--evaluate_only")
+    for game in GAMES:
+        for key in ("expert_return", "target_return", "online_expert_return",
+                    "single_expert_return", "single_target_return"):
+            assert again["games"][game][key] == first["games"][game][key], (game, key)
+        assert set(report["checks"][game]) >= {"expert_beats_target", "online_raises",
+                                               "multi_vs_single"}
+    scalars = read_scalars(out / "seed0" / "evaluation")
+    assert {f"eval/{game}/expert_return" for game in GAMES} <= set(scalars)
+    proc = subprocess.run([sys.executable, "-m", "bench.multigame", "--seeds=0", f"--out={out}",
+                           "--evaluate_only", "--set=multigame.num_return_samples=1"],
+                          cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode != 0 and "seed0/evaluation already exists" in proc.stderr
