@@ -31,6 +31,7 @@ stage times.
 from __future__ import annotations
 
 import json
+import shutil
 import statistics
 import time
 from dataclasses import replace
@@ -48,7 +49,8 @@ flags.DEFINE_bool("single_game", True, "Also train and evaluate one model per ga
 flags.DEFINE_multi_string("set", [], "Config override, dotted field=value, "
                           "e.g. --set=multigame.online_env_steps=60000; repeatable.")
 flags.DEFINE_bool("evaluate_only", False, "Play the runs already in --out again (the "
-                  "evaluation stage only) with the --set overrides.")
+                  "evaluation stage only) with their saved configs and the --set "
+                  "overrides; --preset and --single_game are not read.")
 
 MODES = ("expert", "target")
 
@@ -111,8 +113,15 @@ def evaluate_again(out: Path, seeds: list[int], settings: list[str]) -> list[dic
             cfg = apply_setting(cfg, item)
         cfg = checked(cfg)
         data = load_multigame(run_dir / "data")
+        unknown = [game for game in cfg.multigame.games if game not in data]
+        if unknown:
+            raise ValueError(f"--evaluate_only: {run_dir / 'data'} has no episodes of "
+                             f"{', '.join(unknown)} (it holds {', '.join(data)})")
         results = {game: game_result(game, data[game]) for game in cfg.multigame.games}
-        evaluation = run_dir / "evaluation"
+        # Written under a partial name and renamed when the seed is done, so a failed
+        # evaluation leaves no `evaluation/` that refuses the next try.
+        evaluation = run_dir / "evaluation.partial"
+        shutil.rmtree(evaluation, ignore_errors=True)
         for stage, field_name in (("pretrain", "returns"), ("finetune", "online_returns")):
             checkpoint = run_dir / stage / "checkpoint.pt"
             if checkpoint.is_file():
@@ -130,6 +139,7 @@ def evaluate_again(out: Path, seeds: list[int], settings: list[str]) -> list[dic
                                evaluation / "single" / game, int(payload["learner"]["step"]))
                 add_single(row, game, {f"{mode}_return": float(values.mean())
                                        for mode, values in single.returns.items()})
+        evaluation.rename(run_dir / "evaluation")
         print(json.dumps(row), flush=True)
         rows.append(row)
     return rows

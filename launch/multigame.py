@@ -11,9 +11,10 @@ Stages, each writing under the run directory:
    equally often with `multigame.balance_games`), the 'mgdt' objective (action, return
    bucket and reward class cross-entropies).
 3. Per game, `multigame.eval_episodes` episodes with expert-action inference
-   (`models.mgdt.MultiGamePolicy` 'expert', with `policy_settings`: kappa, return
-   samples and temperature, action cut) and with plain
-   conditioning on the dataset's best return ('target'); raw and human-normalized
+   (`models.mgdt.MultiGamePolicy` 'expert': kappa, return samples and temperature of
+   `policy_settings`) and with conditioning on the dataset's best return ('target'),
+   actions drawn after `multigame.action_top_percentile`'s cut in both; raw and
+   human-normalized
    returns (`replay.atari_scores`), written to `multigame.json` and TensorBoard
    (`eval/<game>/{expert,target}_return`, `..._human_normalized` in `pretrain/`).
 4. `finetune/` (unless `multigame.online_env_steps` is 0): online fine-tuning of the
@@ -214,8 +215,8 @@ def run_multi_game(cfg, run_dir: Path
 
 def evaluate_games(cfg, model, results: dict[str, GameResult], field_name: str,
                    logdir: Path, step: int, before: str | None = None) -> None:
-    """Play every game in both modes ('expert' with kappa `multigame.kappa`, 'target'
-    on the dataset's best clipped return) and store the returns in each result's
+    """Play every game in both modes ('expert', 'target' on the dataset's best clipped
+    return; both with `policy_settings(cfg)`) and store the returns in each result's
     `field_name` dict; TensorBoard `eval/<game>/<mode>_return` and
     `..._human_normalized` at `step` in `logdir`. With `before` (another such field,
     e.g. 'returns' after fine-tuning) those scores are written there too, at step 0, so
@@ -268,7 +269,8 @@ def online_spec(cfg, preload_items: int):
 def finetune_online(cfg, run_dir: Path, checkpoint: Path,
                     results: dict[str, GameResult]) -> dict:
     """Stage 4 (module docstring): fine-tune the pretrained model online on every game
-    until `multigame.online_env_steps` steps (all games together) were played. Writes
+    until `multigame.online_env_steps` steps (all games together) were played, or a
+    little more (each schedule says by how much). Writes
     `finetune/checkpoint.pt` and TensorBoard; fills each result's `actor_returns`;
     returns the stage's figures (env steps, updates, updates/s, env steps/s, and this
     process's resident-memory growth over the replay server's preload and over the
@@ -439,11 +441,16 @@ def game_seed(cfg, g: int) -> int:
 
 def _learn_beside_actor_processes(online: _Online, checkpoint: Path) -> None:
     """One process per game (`launch.roles.multigame_actor_role`) plays its share of the
-    budget with the newest published weights and writes its finished episodes to the
-    table, while this process learns: it publishes its weights every
-    `finetune.publish_every` updates and makes the updates due for the steps the actors
-    have written, the rate limiter holding the actors when it falls behind. Ends when
-    every actor has played its share and the learner has made the updates due."""
+    budget (`online_env_steps` / games, rounded up; each actor may pass it by up to the
+    last step of its last chunk) with the newest published weights and writes its
+    finished episodes to the table, while this process learns: it publishes its weights
+    before starting the actors and every `finetune.publish_every` updates, and makes
+    the updates due for the steps the actors report played (after every chunk of
+    `online_envs` x 8 steps), finished episodes or not, as turn-taking counts them.
+    The rate limiter holds an actor whose writes run ahead of the learner by more than
+    `online_spec`'s slack. Ends when every actor has played its share and the learner
+    has made the updates due. An actor that fails stops the stage with RuntimeError,
+    its traceback in this process's stderr; every actor is stopped and joined."""
     import multiprocessing as mp
     import queue
 
@@ -453,8 +460,6 @@ def _learn_beside_actor_processes(online: _Online, checkpoint: Path) -> None:
     from replay.tables import as_client
 
     cfg, mg = online.cfg, online.cfg.multigame
-    client = as_client(online.address)
-    publish_params(client, weights_as_arrays(online.learner.model), online.learner.step)
     context = mp.get_context("spawn")
     stop, reports = context.Event(), context.Queue()
     share = -(-mg.online_env_steps // len(mg.games))
@@ -463,18 +468,21 @@ def _learn_beside_actor_processes(online: _Online, checkpoint: Path) -> None:
                                     share, game_seed(cfg, g), stop, reports), daemon=True)
               for g, game in enumerate(mg.games)]
     start = time.perf_counter()
-    played = [0] * len(actors)
+    played, done = [0] * len(actors), [False] * len(actors)
     try:
+        client = as_client(online.address)
+        publish_params(client, weights_as_arrays(online.learner.model), online.learner.step)
         for actor in actors:
             actor.start()
         last_logged = 0
         while True:
             try:
                 while True:
-                    g, ret, taken, weights_step = reports.get_nowait()
+                    kind, g, ret, taken, weights_step = reports.get_nowait()
                     played[g] = taken
                     online.env_steps = sum(played)
-                    if ret is not None:
+                    done[g] = done[g] or kind == "done"
+                    if kind == "episode":
                         online.episode(g, ret, online.env_steps)
                         online.writer.scalar(f"online/{mg.games[g]}/weights_step",
                                              weights_step, online.env_steps)
@@ -482,13 +490,14 @@ def _learn_beside_actor_processes(online: _Online, checkpoint: Path) -> None:
                 pass
             failed = [a for a in actors if a.exitcode not in (None, 0)]
             if failed:
-                raise RuntimeError(f"{failed[0].name} exited with code {failed[0].exitcode}")
+                raise RuntimeError(f"{failed[0].name} exited with code {failed[0].exitcode} "
+                                   "(its traceback is above in stderr)")
             if online.due() > 0:
                 online.update()
                 if online.learner.step % cfg.finetune.publish_every == 0:
                     publish_params(client, weights_as_arrays(online.learner.model),
                                    online.learner.step)
-            elif all(a.exitcode == 0 for a in actors) and reports.empty():
+            elif all(done):
                 break
             else:
                 time.sleep(0.01)
@@ -498,9 +507,13 @@ def _learn_beside_actor_processes(online: _Online, checkpoint: Path) -> None:
         online.log_progress()
     finally:
         stop.set()
+        deadline = time.monotonic() + 30.0
+        for actor in actors:  # an actor held in a rate-limited write does not see `stop`
+            if actor.pid is not None:
+                actor.join(timeout=max(deadline - time.monotonic(), 0.0))
         for actor in actors:
-            actor.join(timeout=30)
             if actor.is_alive():
-                actor.kill()
+                actor.terminate()
+                actor.join(timeout=5.0)
         online.close()
         online.act_s = time.perf_counter() - start

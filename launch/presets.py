@@ -208,15 +208,18 @@ class MultiGameConfig:
     """Temperature of those return draws (the official colab's 0.75)."""
     action_top_percentile: float = 50.0
     """Actions are sampled among those whose logits reach this percentile of the step's
-    logits, in evaluation and online acting (the official colab's evaluation setting,
-    50: the upper half; `models.mgdt.top_percentile_logits`)."""
+    logits, in evaluation and online acting, in both modes (the official colab's
+    evaluation setting, 50: the upper half; 0 keeps every action;
+    `models.mgdt.top_percentile_logits`)."""
     online_env_steps: int = 30_000
     """Online fine-tuning budget in environment steps, all games together; 0 skips the
     online stage."""
     online_envs: int = 4
     """Environments of each game's actor while fine-tuning."""
     online_round_steps: int = 500
-    """Steps each game's actor plays with the newest weights before the learner's turn."""
+    """Turn-taking: steps each game's actor plays with the newest weights before the
+    learner's turn. With actor processes: how often (in env steps, all games) the
+    stage's progress is written to TensorBoard."""
     replay_capacity_steps: int = 200_000
     """Frame windows (steps) the online replay table holds, preload included (FIFO)."""
     actor_processes: bool = False

@@ -416,15 +416,18 @@ def multigame_actor_role(cfg, checkpoint: str, address: str, spec: ReplaySpec, g
     """The online actor of game `g` of `cfg.multigame.games` in the multi-game pipeline
     (`launch.multigame`, `multigame.actor_processes`), in a process of its own with one
     torch thread: plays `steps` steps (then stops, its unfinished episodes dropped) or
-    until `stop`, with `multigame.online_envs` environments, the model of `checkpoint`
-    loaded with the weights published to the params table (waiting up to 60 s for the
-    first) and then the newest ones (polled every `actor.params_interval_s`, loaded
-    between chunks of `online_envs` x 8 steps), expert-action
-    inference with sampled actions (`models.mgdt.MultiGamePolicy`). Each finished
-    episode goes into the experience table as frame windows of game `g` (blocking on
-    the rate limiter), and (g, return, steps played, learner step of the weights its
-    last chunk was played with, -1 for the checkpoint's own) onto `reports`; (g, None,
-    steps played, that step) says the actor is done."""
+    until `stop`, with `multigame.online_envs` environments and expert-action inference
+    with sampled actions (`models.mgdt.MultiGamePolicy`, `policy_settings`).
+
+    It builds the model of `checkpoint`, loads the weights the learner published to the
+    params table before starting the actors (RuntimeError when none arrive within
+    `FIRST_WEIGHTS_S` or a payload does not fit the model), then the newest ones
+    (polled every `actor.params_interval_s`, loaded between chunks of `online_envs` x 8
+    steps). Each finished episode goes into the experience table as frame windows of
+    game `g`, blocking on the rate limiter. Onto `reports` it puts
+    ("episode", g, return, steps played, learner step of the weights in use) for each
+    finished episode, ("progress", g, None, steps played, that step) after each chunk,
+    and ("done", g, None, steps played, that step) at the end."""
     from actors.envs import VectorEnv
     from actors.multigame import GamePlayer
     from launch.multigame import env_options, policy_settings
@@ -441,31 +444,44 @@ def multigame_actor_role(cfg, checkpoint: str, address: str, spec: ReplaySpec, g
     puller = ParamsPuller(address, expected_params(model), interval_s=cfg.actor.params_interval_s)
     puller.start()
     taken, weights_step = 0, -1
-    # The learner publishes before it starts the actors: begin with those weights.
-    deadline = time.monotonic() + 60.0
-    while (newest := puller.poll()) is None and time.monotonic() < deadline \
-            and not stop.is_set():
-        time.sleep(0.01)
-    if newest is not None:
-        weights_step, arrays = newest
-        load_arrays(model, arrays)
+
+    def newest_weights() -> None:
+        nonlocal weights_step
+        if puller.rejected:
+            raise RuntimeError(f"actor of {mg.games[g]}: published weights do not fit the "
+                               f"model ({puller.last_error})")
+        newest = puller.poll()
+        if newest is not None:
+            weights_step, arrays = newest
+            load_arrays(model, arrays)
+
     try:
+        deadline = time.monotonic() + FIRST_WEIGHTS_S
+        while weights_step < 0 and not stop.is_set():
+            newest_weights()
+            if weights_step < 0 and time.monotonic() > deadline:
+                raise RuntimeError(f"actor of {mg.games[g]}: no weights in the params table "
+                                   f"at {address} after {FIRST_WEIGHTS_S:.0f} s "
+                                   f"({puller.last_error or 'the table stayed empty'})")
+            time.sleep(0.01)
         with FrameWindowWriter(address, spec, num_actions=cfg.model.act_dim,
                                num_games=len(mg.games)) as writer:
             while taken < steps and not stop.is_set():
-                newest = puller.poll()
-                if newest is not None:
-                    weights_step, arrays = newest
-                    load_arrays(model, arrays)
+                newest_weights()
                 episodes, n = player.play(min(mg.online_envs * 8, steps - taken))
                 taken += n
                 for episode in episodes:
                     writer.write(episode, g)
-                    reports.put((g, float(episode.ret), taken, weights_step))
-        reports.put((g, None, taken, weights_step))
+                    reports.put(("episode", g, float(episode.ret), taken, weights_step))
+                reports.put(("progress", g, None, taken, weights_step))
+        reports.put(("done", g, None, taken, weights_step))
     finally:
         puller.stop()
         player.close()
+
+
+FIRST_WEIGHTS_S = 60.0
+"""How long a multi-game actor waits for the learner's first published weights."""
 
 
 # ---- evaluator -------------------------------------------------------------------
