@@ -123,6 +123,23 @@ def noisy_eps(tag: str) -> float | None:
     return eps
 
 
+def env_options(cfg) -> dict:
+    """The MGDT's envpool options (`MGDT_OPTIONS`) with `cfg.multigame`'s episode limit."""
+    options = dict(MGDT_OPTIONS)
+    if cfg.multigame.max_steps_per_episode:
+        options["max_episode_steps"] = cfg.multigame.max_steps_per_episode
+    return options
+
+
+def policy_settings(cfg) -> dict:
+    """`MultiGamePolicy`'s inference settings from `cfg.multigame`, for evaluation and
+    online acting alike."""
+    mg = cfg.multigame
+    return {"kappa": mg.kappa, "num_return_samples": mg.num_return_samples,
+            "return_temperature": mg.return_temperature,
+            "action_top_percentile": mg.action_top_percentile}
+
+
 def cem_rounds(tag: str) -> int | None:
     """The rounds of a "cem:<rounds>" tag (1-9999), None for any other tag; ValueError
     for a malformed cem tag."""

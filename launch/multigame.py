@@ -12,9 +12,9 @@ Stages, each writing under the run directory:
    bucket and reward class cross-entropies).
 3. Per game, `multigame.eval_episodes` episodes with expert-action inference
    (`models.mgdt.MultiGamePolicy` 'expert': kappa, return samples and temperature of
-   `policy_settings`) and with conditioning on the dataset's best return ('target'),
-   actions drawn after `multigame.action_top_percentile`'s cut in both; raw and
-   human-normalized
+   `actors.multigame.policy_settings`) and with conditioning on the dataset's best
+   return ('target'), actions drawn after `multigame.action_top_percentile`'s cut in
+   both; raw and human-normalized
    returns (`replay.atari_scores`), written to `multigame.json` and TensorBoard
    (`eval/<game>/{expert,target}_return`, `..._human_normalized` in `pretrain/`).
 4. `finetune/` (unless `multigame.online_env_steps` is 0): online fine-tuning of the
@@ -48,8 +48,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from actors.envs import MGDT_OPTIONS, VectorEnv
-from actors.multigame import record_games
+from actors.envs import VectorEnv
+from actors.multigame import env_options, policy_settings, record_games
 from launch.supervisor import rss_mib
 from learner.checkpoint import save_checkpoint
 from learner.pretrain import PretrainResult, train_offline
@@ -105,23 +105,6 @@ def game_result(game: str, episodes) -> GameResult:
     clipped = np.array([float(np.clip(tagged.episode.rewards, -CLIP, CLIP).sum())
                         for tagged in episodes])
     return GameResult(game, raw, clipped, {})
-
-
-def env_options(cfg) -> dict:
-    """The MGDT's envpool options, with the preset's episode limit."""
-    options = dict(MGDT_OPTIONS)
-    if cfg.multigame.max_steps_per_episode:
-        options["max_episode_steps"] = cfg.multigame.max_steps_per_episode
-    return options
-
-
-def policy_settings(cfg) -> dict:
-    """`MultiGamePolicy`'s inference settings from `cfg.multigame`, for evaluation and
-    online acting alike."""
-    mg = cfg.multigame
-    return {"kappa": mg.kappa, "num_return_samples": mg.num_return_samples,
-            "return_temperature": mg.return_temperature,
-            "action_top_percentile": mg.action_top_percentile}
 
 
 def play(model, game: str, episodes: int, seed: int, options: dict, mode: str,

@@ -417,7 +417,7 @@ def multigame_actor_role(cfg, checkpoint: str, address: str, spec: ReplaySpec, g
     (`launch.multigame`, `multigame.actor_processes`), in a process of its own with one
     torch thread: plays `steps` steps (then stops, its unfinished episodes dropped) or
     until `stop`, with `multigame.online_envs` environments and expert-action inference
-    with sampled actions (`models.mgdt.MultiGamePolicy`, `policy_settings`).
+    with sampled actions (`models.mgdt.MultiGamePolicy`, `actors.multigame.policy_settings`).
 
     It builds the model of `checkpoint`, loads the weights the learner published to the
     params table before starting the actors (RuntimeError when none arrive within
@@ -429,8 +429,7 @@ def multigame_actor_role(cfg, checkpoint: str, address: str, spec: ReplaySpec, g
     finished episode, ("progress", g, None, steps played, that step) after each chunk,
     and ("done", g, None, steps played, that step) at the end."""
     from actors.envs import VectorEnv
-    from actors.multigame import GamePlayer
-    from launch.multigame import env_options, policy_settings
+    from actors.multigame import GamePlayer, env_options, policy_settings
     from learner.checkpoint import load_policy
     from models.mgdt import MultiGamePolicy
     from replay.frame_window import FrameWindowWriter
