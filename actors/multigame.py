@@ -152,6 +152,12 @@ def cem_rounds(tag: str) -> int | None:
     return int(match.group(1))
 
 
+def built_in_tag(tag: str) -> bool:
+    """Whether `tag` names a policy `record_games` plays itself ("random", "noisy:<eps>",
+    "cem:<rounds>"); ValueError for a malformed noisy or cem tag."""
+    return tag == "random" or noisy_eps(tag) is not None or cem_rounds(tag) is not None
+
+
 def cem_update(probs: np.ndarray, episodes: Sequence[Episode]) -> np.ndarray:
     """The cross-entropy method's next action distribution: halfway from `probs` to
     the action frequencies of the best `CEM_ELITE` of `episodes` (at least one) by
@@ -195,7 +201,7 @@ def record_games(games: Sequence[str], episodes_per_policy: Mapping[str, int], s
     Discrete actions with one uint8 frame per step, games whose action counts or frame
     shapes differ (without `full_action_space`), an unknown or malformed policy tag,
     a tag of `policies` that no count asks for, a count that is not an int >= 0 or,
-    for a "cem:<rounds>" tag, above the rounds' rounds x `num_envs` episodes,
+    for a "cem:<rounds>" tag, above the rounds x `num_envs` episodes it plays,
     `max_steps_per_episode` < 1 or given with `options["max_episode_steps"]`, and
     `num_envs` < 1.
     """
@@ -269,7 +275,7 @@ def _check_counts(episodes_per_policy: Mapping[str, int],
         check_policy_tag(tag)
         if isinstance(count, bool) or not isinstance(count, (int, np.integer)) or count < 0:
             raise ValueError(f"episodes_per_policy[{tag!r}]={count!r} must be an int >= 0")
-        built_in = tag == "random" or noisy_eps(tag) is not None or cem_rounds(tag) is not None
+        built_in = built_in_tag(tag)
         if built_in and tag in policies:
             raise ValueError(f"policies[{tag!r}]: {tag!r} is a built-in policy tag")
         if not built_in:

@@ -293,10 +293,13 @@ def finetune_online(cfg, run_dir: Path, checkpoint: Path,
             del data
             preloaded_mib = rss_mib() - rss_before
             online = _Online(cfg, learner, address, spec, writer, results)
-            if mg.actor_processes:
-                _learn_beside_actor_processes(online, checkpoint)
-            else:
-                _take_turns(online, frames_writer)
+            try:
+                if mg.actor_processes:
+                    _learn_beside_actor_processes(online, checkpoint)
+                else:
+                    _take_turns(online, frames_writer)
+            finally:
+                online.close()
         final_size, final_mib = table_counts(address)["size"], rss_mib()
         save_checkpoint(logdir / "checkpoint.pt",
                         learner_payload(learner, updates=learner.step,
@@ -378,6 +381,7 @@ class _Online:
                             self.env_steps)
 
     def close(self) -> None:
+        """Close the batch stream (`finetune_online`, which made this, does it)."""
         self.batches.close()
 
 
@@ -414,7 +418,6 @@ def _take_turns(online: _Online, frames_writer) -> None:
     finally:
         for player in players:
             player.close()
-        online.close()
 
 
 def game_seed(cfg, g: int) -> int:
@@ -498,5 +501,4 @@ def _learn_beside_actor_processes(online: _Online, checkpoint: Path) -> None:
             if actor.is_alive():
                 actor.terminate()
                 actor.join(timeout=5.0)
-        online.close()
         online.act_s = time.perf_counter() - start

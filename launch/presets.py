@@ -559,12 +559,11 @@ def _multigame_problems(cfg: RunConfig) -> list[str]:
             not isinstance(n, int) or n < 1 for n in mg.episodes_per_policy.values()):
         problems.append(f"multigame.episodes_per_policy={mg.episodes_per_policy} must map "
                         "policy tags to episode counts >= 1")
-    from actors.multigame import cem_rounds, noisy_eps
+    from actors.multigame import built_in_tag, cem_rounds
 
     for tag, count in dict(mg.episodes_per_policy).items():
         try:
-            rounds = cem_rounds(str(tag))
-            built_in = tag == "random" or noisy_eps(str(tag)) is not None or rounds is not None
+            built_in, rounds = built_in_tag(str(tag)), cem_rounds(str(tag))
         except ValueError as error:
             problems.append(f"multigame.episodes_per_policy: {error}")
             continue

@@ -411,13 +411,18 @@ def actor_role(actor_id: int, cfg, paths: RunPaths, address: str, spec: ReplaySp
             sink.close()
 
 
+FIRST_WEIGHTS_S = 60.0
+"""How long a multi-game actor waits for the learner's first published weights."""
+
+
 def multigame_actor_role(cfg, checkpoint: str, address: str, spec: ReplaySpec, g: int,
                          steps: int, seed: int, stop, reports) -> None:
     """The online actor of game `g` of `cfg.multigame.games` in the multi-game pipeline
     (`launch.multigame`, `multigame.actor_processes`), in a process of its own with one
     torch thread: plays `steps` steps (then stops, its unfinished episodes dropped) or
     until `stop`, with `multigame.online_envs` environments and expert-action inference
-    with sampled actions (`models.mgdt.MultiGamePolicy`, `actors.multigame.policy_settings`).
+    with sampled actions (`models.mgdt.MultiGamePolicy` with
+    `actors.multigame.policy_settings`).
 
     It builds the model of `checkpoint`, loads the weights the learner published to the
     params table before starting the actors (RuntimeError when none arrive within
@@ -477,10 +482,6 @@ def multigame_actor_role(cfg, checkpoint: str, address: str, spec: ReplaySpec, g
     finally:
         puller.stop()
         player.close()
-
-
-FIRST_WEIGHTS_S = 60.0
-"""How long a multi-game actor waits for the learner's first published weights."""
 
 
 # ---- evaluator -------------------------------------------------------------------
