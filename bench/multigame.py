@@ -26,6 +26,15 @@ with their saved configs and the `--set` overrides, such as the inference settin
 `multigame.num_return_samples` or `multigame.kappa`; each seed's curves go to
 `<out>/seed<s>/evaluation/`, and the rows and the report are printed as above, without
 stage times.
+
+With `--finetune_only=NAME`, the online stage runs again from each seed's pretrained
+checkpoint in `--out`, with the saved config and the `--set` overrides (such as
+`replay.updates_per_env_step` or `multigame.preload_top_episodes`), into
+`<out>/seed<s>/NAME/` (checkpoint, TensorBoard, `multigame.json`), followed by its
+evaluation; each row keeps the run's own scores before fine-tuning, so the report's
+`online_raises` compares the new fine-tuning against the same pretrained models. Keep
+the inference settings of the run, or its scores before fine-tuning are not
+comparable.
 """
 
 from __future__ import annotations
@@ -52,7 +61,14 @@ flags.DEFINE_bool("evaluate_only", False, "Play the runs already in --out again 
                   "evaluation stage only) with their saved configs and the --set "
                   "overrides; --preset and --single_game are not read.")
 
+flags.DEFINE_string("finetune_only", "", "Fine-tune the pretrained checkpoints of the "
+                    "runs already in --out again (the online stage and its evaluation "
+                    "only), with their saved configs and the --set overrides, into "
+                    "<out>/seed<s>/<this name>/; --preset and --single_game are not read.")
+
 MODES = ("expert", "target")
+RUN_FOLDERS = ("data", "pretrain", "finetune", "single", "evaluation")
+"""The folders a seed's run holds, which `--finetune_only` may not be named."""
 
 
 def single_game_scores(cfg, run_dir: Path, game: str, episodes) -> dict:
@@ -90,34 +106,48 @@ def add_single(row: dict, game: str, single: dict) -> None:
         row["games"][game][f"single_{mode}_human_normalized"] = human_normalized(game, value)
 
 
-def evaluate_again(out: Path, seeds: list[int], settings: list[str]) -> list[dict]:
-    """`--evaluate_only` (module docstring): one row per seed, as `main` prints."""
-    from launch.flags import apply_setting, checked
-    from launch.multigame import evaluate_games, game_result
-    from launch.presets import RunConfig
-    from learner.checkpoint import load_policy
-    from replay.multigame import load_multigame
-
+def check_runs(out: Path, seeds: list[int], flag: str, into: str) -> None:
+    """Refuse `flag` unless every seed's run in `out` has a pretrained checkpoint and no
+    `into` folder yet."""
     missing = [s for s in seeds if not (out / f"seed{s}" / "pretrain" / "checkpoint.pt").is_file()]
     if missing:
-        raise FileNotFoundError(f"--evaluate_only: {out} has no pretrained run for seed(s) "
+        raise FileNotFoundError(f"{flag}: {out} has no pretrained run for seed(s) "
                                 f"{', '.join(map(str, missing))}")
-    done = [s for s in seeds if (out / f"seed{s}" / "evaluation").exists()]
+    done = [s for s in seeds if (out / f"seed{s}" / into).exists()]
     if done:
-        raise FileExistsError(f"--evaluate_only: {out}/seed{done[0]}/evaluation already exists")
+        raise FileExistsError(f"{flag}: {out}/seed{done[0]}/{into} already exists")
+
+
+def saved_run(run_dir: Path, settings: list[str], flag: str):
+    """A benchmark run's saved config with the `--set` overrides `settings`, its recorded
+    data (game -> episodes) and a fresh `GameResult` per game."""
+    from launch.flags import apply_setting, checked
+    from launch.multigame import game_result
+    from launch.presets import RunConfig
+    from replay.multigame import load_multigame
+
+    cfg = RunConfig.from_dict(json.loads((run_dir / "config.json").read_text()))
+    for item in settings:
+        cfg = apply_setting(cfg, item)
+    cfg = checked(cfg)
+    data = load_multigame(run_dir / "data")
+    unknown = [game for game in cfg.multigame.games if game not in data]
+    if unknown:
+        raise ValueError(f"{flag}: {run_dir / 'data'} has no episodes of "
+                         f"{', '.join(unknown)} (it holds {', '.join(data)})")
+    return cfg, data, {game: game_result(game, data[game]) for game in cfg.multigame.games}
+
+
+def evaluate_again(out: Path, seeds: list[int], settings: list[str]) -> list[dict]:
+    """`--evaluate_only` (module docstring): one row per seed, as `main` prints."""
+    from launch.multigame import evaluate_games, game_result
+    from learner.checkpoint import load_policy
+
+    check_runs(out, seeds, "--evaluate_only", "evaluation")
     rows = []
     for seed in seeds:
         run_dir = out / f"seed{seed}"
-        cfg = RunConfig.from_dict(json.loads((run_dir / "config.json").read_text()))
-        for item in settings:
-            cfg = apply_setting(cfg, item)
-        cfg = checked(cfg)
-        data = load_multigame(run_dir / "data")
-        unknown = [game for game in cfg.multigame.games if game not in data]
-        if unknown:
-            raise ValueError(f"--evaluate_only: {run_dir / 'data'} has no episodes of "
-                             f"{', '.join(unknown)} (it holds {', '.join(data)})")
-        results = {game: game_result(game, data[game]) for game in cfg.multigame.games}
+        cfg, data, results = saved_run(run_dir, settings, "--evaluate_only")
         # Written under a partial name and renamed when the seed is done, so a failed
         # evaluation leaves no `evaluation/` that refuses the next try.
         evaluation = run_dir / "evaluation.partial"
@@ -145,6 +175,57 @@ def evaluate_again(out: Path, seeds: list[int], settings: list[str]) -> list[dic
     return rows
 
 
+ONLINE_KEYS = ("online_", "actor_")
+"""Prefixes of a row's per-game figures that the online stage produces."""
+
+
+def finetune_again(out: Path, seeds: list[int], settings: list[str], name: str) -> list[dict]:
+    """`--finetune_only=name` (module docstring): one row per seed, as `main` prints."""
+    from launch.multigame import evaluate_games, finetune_online
+    from learner.checkpoint import load_policy
+
+    flag = f"--finetune_only={name}"
+    if not name or name in RUN_FOLDERS or Path(name).name != name or name.endswith(".partial"):
+        raise ValueError(f"{flag}: the name must be a plain folder name, none of "
+                         f"{', '.join(RUN_FOLDERS)}, not ending in .partial")
+    check_runs(out, seeds, flag, name)
+    rows = []
+    for seed in seeds:
+        run_dir = out / f"seed{seed}"
+        cfg, _, results = saved_run(run_dir, settings, flag)
+        if not cfg.multigame.online_env_steps:
+            raise ValueError(f"{flag}: multigame.online_env_steps is 0")
+        before = json.loads((run_dir / "multigame.json").read_text())["games"]
+        unknown = [game for game in results if game not in before]
+        if unknown:
+            raise ValueError(f"{flag}: {run_dir / 'multigame.json'} has no scores of "
+                             f"{', '.join(unknown)} before fine-tuning")
+        # Written under a partial name and renamed when the seed is done (as
+        # `evaluate_again`).
+        partial = run_dir / f"{name}.partial"
+        shutil.rmtree(partial, ignore_errors=True)
+        start = time.perf_counter()
+        online = finetune_online(cfg, run_dir, run_dir / "pretrain" / "checkpoint.pt",
+                                 results, logdir=partial)
+        seconds = {"finetuning": time.perf_counter() - start}
+        start = time.perf_counter()
+        model, _ = load_policy(partial / "checkpoint.pt")
+        evaluate_games(cfg, model, results, "online_returns", partial, online["env_steps"])
+        seconds["online_evaluation"] = time.perf_counter() - start
+        games = {}
+        for game, result in results.items():
+            offline = {k: v for k, v in before[game].items() if not k.startswith(ONLINE_KEYS)}
+            games[game] = offline | {k: v for k, v in result.figures().items()
+                                     if k.startswith(ONLINE_KEYS)}
+        row = {"seed": seed, "seconds": {k: round(v, 1) for k, v in seconds.items()},
+               "settings": settings, "online": online, "games": games}
+        (partial / "multigame.json").write_text(json.dumps(row, indent=1))
+        partial.rename(run_dir / name)
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+    return rows
+
+
 def main(argv) -> None:
     del argv
     from launch.multigame import run_multi_game
@@ -154,8 +235,13 @@ def main(argv) -> None:
     FLAGS = flags.FLAGS
     out = Path(FLAGS.out)
     seeds = [int(s) for s in FLAGS.seeds.split(",")]
+    if FLAGS.evaluate_only and FLAGS.finetune_only:
+        raise ValueError("--evaluate_only and --finetune_only: give one of them")
     if FLAGS.evaluate_only:
         print(json.dumps(report(evaluate_again(out, seeds, FLAGS.set))))
+        return
+    if FLAGS.finetune_only:
+        print(json.dumps(report(finetune_again(out, seeds, FLAGS.set, FLAGS.finetune_only))))
         return
     base = pipeline_preset(FLAGS.preset, FLAGS.set, "multi_game", "bench.multigame",
                            "mgdt-atari3")

@@ -20,7 +20,8 @@ Stages, each writing under the run directory:
 4. `finetune/` (unless `multigame.online_env_steps` is 0): online fine-tuning of the
    same model on every game at once (`finetune_online`). A Reverb server on
    127.0.0.1 holds the frame windows (`replay.frame_window`), preloaded with the
-   recorded data; one actor per game (`actors.multigame.GamePlayer`,
+   recorded data (or each game's `multigame.preload_top_episodes` best episodes, as
+   ODT's buffer starts from the top offline trajectories); one actor per game (`actors.multigame.GamePlayer`,
    `multigame.online_envs` envpool environments, expert-action inference, sampled
    actions) writes its finished episodes, with hindsight returns-to-go, into it; the
    learner samples batches of every game's windows from it and steps the 'mgdt'
@@ -153,11 +154,14 @@ def run_multi_game(cfg, run_dir: Path
     write_multigame(run_dir / "data", data, num_actions=cfg.model.act_dim)
     seconds["recording"] = time.perf_counter() - start
     steps = concat_games(data, games=mg.games, num_actions=cfg.model.act_dim)
-    if mg.online_env_steps and mg.replay_capacity_steps < len(steps):
+    preload = sum(len(episode.actions) for episodes in preloaded(cfg, data).values()
+                  for episode in episodes)
+    if mg.online_env_steps and mg.replay_capacity_steps < preload:
         raise ValueError(
             f"multigame.replay_capacity_steps={mg.replay_capacity_steps} is below the "
-            f"{len(steps)} recorded steps that online fine-tuning preloads; raise it, or set "
-            "multigame.online_env_steps=0 to skip fine-tuning")
+            f"{preload} recorded steps that online fine-tuning preloads; raise it, lower "
+            "multigame.preload_top_episodes, or set multigame.online_env_steps=0 to skip "
+            "fine-tuning")
     per_game = steps.steps_per_game
     print("data: " + ", ".join(f"{game} {len(data[game])} episodes / {per_game[game]} steps"
                                for game in mg.games), flush=True)
@@ -224,6 +228,20 @@ def evaluate_games(cfg, model, results: dict[str, GameResult], field_name: str,
                                         human_normalized(game, mean)}, at)
 
 
+def preloaded(cfg, data: dict) -> dict[str, list]:
+    """Per game of `multigame.games`, the recorded episodes (`data`: game -> its
+    `TaggedEpisode`s) that the online stage preloads: all of them, or the
+    `multigame.preload_top_episodes` highest returns, worst first."""
+    from replay.offline import top_episodes
+
+    top = cfg.multigame.preload_top_episodes
+    out = {}
+    for game in cfg.multigame.games:
+        episodes = [tagged.episode for tagged in data[game]]
+        out[game] = top_episodes(episodes, min(top, len(episodes))) if top else episodes
+    return out
+
+
 def online_spec(cfg, preload_items: int):
     """The Reverb experience table of the online stage: frame windows of
     `model.context_len` steps, `multigame.replay_capacity_steps` of them (FIFO), sampled
@@ -250,12 +268,12 @@ def online_spec(cfg, preload_items: int):
 
 
 def finetune_online(cfg, run_dir: Path, checkpoint: Path,
-                    results: dict[str, GameResult]) -> dict:
+                    results: dict[str, GameResult], logdir: Path | None = None) -> dict:
     """Stage 4 (module docstring): fine-tune the pretrained model online on every game
     until `multigame.online_env_steps` steps (all games together) were played, or a
-    little more (each schedule says by how much). Writes
-    `finetune/checkpoint.pt` and TensorBoard; fills each result's `actor_returns`;
-    returns the stage's figures (env steps, updates, updates/s, env steps/s, and this
+    little more (each schedule says by how much), preloading from `run_dir/data`
+    (`preloaded`). Writes `checkpoint.pt` and TensorBoard to `logdir` (default
+    `run_dir/finetune`); fills each result's `actor_returns`; returns the stage's figures (env steps, updates, updates/s, env steps/s, and this
     process's resident-memory growth over the replay server's preload and over the
     whole stage). Stops with `learner.NonFiniteLoss` after
     `finetune.max_nonfinite_updates` skipped updates in a row, as pretraining does.
@@ -271,13 +289,13 @@ def finetune_online(cfg, run_dir: Path, checkpoint: Path,
     from replay.tables import start_server, table_counts
 
     mg = cfg.multigame
-    logdir = run_dir / "finetune"
+    logdir = run_dir / "finetune" if logdir is None else logdir
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
     learner = learner_from_checkpoint(load_checkpoint(checkpoint, map_location=device),
                                       cfg.objective, cfg.optim, device, cfg.compute)
-    data = load_multigame(run_dir / "data")
-    preload = sum(len(t.episode.actions) for game in mg.games for t in data[game])
+    data = preloaded(cfg, load_multigame(run_dir / "data"))
+    preload = sum(len(episode.actions) for episodes in data.values() for episode in episodes)
     spec = online_spec(cfg, preload)
     rss_before = rss_mib()
     server = start_server(spec)
@@ -288,8 +306,8 @@ def finetune_online(cfg, run_dir: Path, checkpoint: Path,
         with FrameWindowWriter(address, spec, num_actions=cfg.model.act_dim,
                                num_games=len(mg.games)) as frames_writer:
             for g, game in enumerate(mg.games):
-                for tagged in data[game]:
-                    frames_writer.write(tagged.episode, g)
+                for episode in data[game]:
+                    frames_writer.write(episode, g)
             del data
             preloaded_mib = rss_mib() - rss_before
             online = _Online(cfg, learner, address, spec, writer, results)

@@ -222,6 +222,10 @@ class MultiGameConfig:
     stage's progress is written to TensorBoard."""
     replay_capacity_steps: int = 200_000
     """Frame windows (steps) the online replay table holds, preload included (FIFO)."""
+    preload_top_episodes: int = 0
+    """Online, the replay table is preloaded with this many of each game's recorded
+    episodes, the highest returns, worst first (ODT's buffer of the top offline
+    trajectories); 0 preloads every recorded episode."""
     actor_processes: bool = False
     """Online, run each game's actor as a process of its own beside the learner, which
     learns while they play; False: actors and learner take turns in one process, which
@@ -591,6 +595,9 @@ def _multigame_problems(cfg: RunConfig) -> list[str]:
     if mg.online_env_steps < 0:
         problems.append(f"multigame.online_env_steps={mg.online_env_steps} must be >= 0 "
                         "(0: no online fine-tuning)")
+    if mg.preload_top_episodes < 0:
+        problems.append(f"multigame.preload_top_episodes={mg.preload_top_episodes} must be "
+                        ">= 0 (0: every recorded episode)")
     return problems
 
 

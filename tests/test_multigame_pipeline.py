@@ -202,3 +202,55 @@ def test_bench_plays_its_runs_again_with_other_inference_settings(tmp_path):
                           cwd=REPO, capture_output=True, text=True, timeout=600)
     assert proc.returncode != 0 and "has no episodes of Qbert-v5" in proc.stderr
     assert not (out / "seed0" / "evaluation").exists()
+
+
+def test_bench_fine_tunes_its_runs_again_from_the_pretrained_checkpoints(tmp_path):
+    """bench.multigame's --finetune_only runs the online stage again from each seed's
+    pretrained checkpoint with other settings, into a folder of its own; the row keeps
+    the run's scores before fine-tuning. `multigame.preload_top_episodes` preloads each
+    game's best recorded episodes only."""
+    out = tmp_path / "bench"
+    tiny = [t.replace("--games=Pong,Breakout-v5", f"--set=multigame.games={','.join(GAMES)}")
+            for t in TINY]
+
+    def bench(*args):
+        return subprocess.run([sys.executable, "-m", "bench.multigame", "--seeds=0",
+                               f"--out={out}", *args], cwd=REPO, capture_output=True,
+                              text=True, timeout=600)
+
+    proc = bench(*tiny, "--single_game=false")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    first, _ = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    proc = bench("--finetune_only=top1", "--set=multigame.preload_top_episodes=1")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    again, report = [json.loads(line) for line in proc.stdout.splitlines()
+                     if line.startswith("{")]
+    data = load_multigame(out / "seed0" / "data")
+    best_lengths = set()
+    for pong in data[GAMES[0]]:
+        for breakout in data[GAMES[1]]:
+            if all(t.episode.ret == max(e.episode.ret for e in data[game])
+                   for t, game in ((pong, GAMES[0]), (breakout, GAMES[1]))):
+                best_lengths.add(pong.episode.length + breakout.episode.length)
+    assert again["online"]["preloaded_steps"] in best_lengths
+    assert first["online"]["preloaded_steps"] == sum(
+        t.episode.length for game in GAMES for t in data[game])
+    assert again["online"]["env_steps"] >= 400
+    for game in GAMES:
+        for key in ("expert_return", "target_return", "dataset_mean_return"):
+            assert again["games"][game][key] == first["games"][game][key], (game, key)
+        assert "online_expert_return" in again["games"][game]
+        assert "online_raises" in report["checks"][game]
+    folder = out / "seed0" / "top1"
+    assert (folder / "checkpoint.pt").is_file()
+    assert json.loads((folder / "multigame.json").read_text())["online"] == again["online"]
+    assert f"eval/{GAMES[0]}/expert_return" in read_scalars(folder)
+    assert not (out / "seed0" / "top1.partial").exists()
+    # The run's own fine-tuning is untouched, and taken names are refused.
+    assert (out / "seed0" / "finetune" / "checkpoint.pt").is_file()
+    for name, message in (("top1", "seed0/top1 already exists"),
+                          ("pretrain", "must be a plain folder name")):
+        proc = bench(f"--finetune_only={name}")
+        assert proc.returncode != 0 and message in proc.stderr, proc.stderr[-2000:]
+    assert sorted(p.name for p in (out / "seed0").iterdir()) == [
+        "config.json", "data", "finetune", "multigame.json", "pretrain", "top1"]
