@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from launch.flags import apply_setting, atari_game_ids
 from launch.presets import get_preset
@@ -254,3 +255,37 @@ def test_bench_fine_tunes_its_runs_again_from_the_pretrained_checkpoints(tmp_pat
         assert proc.returncode != 0 and message in proc.stderr, proc.stderr[-2000:]
     assert sorted(p.name for p in (out / "seed0").iterdir()) == [
         "config.json", "data", "finetune", "multigame.json", "pretrain", "top1"]
+
+
+def test_a_failing_actor_process_stops_the_online_stage(run, tmp_path):
+    """An actor process that dies (here: its checkpoint cannot be read) stops the stage
+    with RuntimeError naming it, and every actor process is joined."""
+    import multiprocessing
+
+    from launch.multigame import _learn_beside_actor_processes, _Online, game_result, online_spec
+    from launch.presets import RunConfig
+    from learner.checkpoint import load_checkpoint
+    from learner.finetune import learner_from_checkpoint
+    from learner.tensorboard import SummaryWriter
+    from replay.tables import start_server
+
+    run_dir, _ = run
+    cfg = RunConfig.from_dict(json.loads((run_dir / "config.json").read_text()))
+    cfg = apply_setting(cfg, "multigame.actor_processes=true")
+    learner = learner_from_checkpoint(load_checkpoint(run_dir / "pretrain" / "checkpoint.pt"),
+                                      cfg.objective, cfg.optim, torch.device("cpu"), cfg.compute)
+    spec = online_spec(cfg, 0)
+    server = start_server(spec)
+    data = load_multigame(run_dir / "data")
+    results = {game: game_result(game, data[game]) for game in GAMES}
+    writer = SummaryWriter(tmp_path / "tb")
+    online = _Online(cfg, learner, f"127.0.0.1:{server.port}", spec, writer, results)
+    try:
+        with pytest.raises(RuntimeError, match=r"actor-(Pong|Breakout)-v5 exited with code 1"):
+            _learn_beside_actor_processes(online, tmp_path / "missing.pt")
+        assert multiprocessing.active_children() == []
+        assert online.updates == 0
+    finally:
+        online.close()
+        writer.close()
+        server.stop()
