@@ -262,7 +262,12 @@ def test_a_failing_actor_process_stops_the_online_stage(run, tmp_path):
     with RuntimeError naming it, and every actor process is joined."""
     import multiprocessing
 
-    from launch.multigame import _learn_beside_actor_processes, _Online, game_result, online_spec
+    from launch.multigame import (
+        _learn_beside_actor_processes,
+        _Online,
+        game_result,
+        online_spec,
+    )
     from launch.presets import RunConfig
     from learner.checkpoint import load_checkpoint
     from learner.finetune import learner_from_checkpoint
