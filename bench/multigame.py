@@ -120,16 +120,20 @@ def check_runs(out: Path, seeds: list[int], flag: str, into: str) -> None:
 
 def saved_run(run_dir: Path, settings: list[str], flag: str):
     """A benchmark run's saved config with the `--set` overrides `settings`, its recorded
-    data (game -> episodes) and a fresh `GameResult` per game."""
+    data (game -> episodes) and a fresh `GameResult` per game. Sets this process's
+    torch threads to `compute.cpu_threads` when that names a count, as the pipeline
+    does."""
     from launch.flags import apply_setting, checked
     from launch.multigame import game_result
     from launch.presets import RunConfig
+    from learner.device import resolve_device, set_cpu_threads_if_asked
     from replay.multigame import load_multigame
 
     cfg = RunConfig.from_dict(json.loads((run_dir / "config.json").read_text()))
     for item in settings:
         cfg = apply_setting(cfg, item)
     cfg = checked(cfg)
+    set_cpu_threads_if_asked(resolve_device(cfg.device), cfg.compute)
     data = load_multigame(run_dir / "data")
     unknown = [game for game in cfg.multigame.games if game not in data]
     if unknown:

@@ -143,9 +143,12 @@ def run_multi_game(cfg, run_dir: Path
                    ) -> tuple[dict[str, GameResult], PretrainResult, dict, dict]:
     """The stages for `cfg` (pipeline 'multi_game') in `run_dir`: per game its result,
     the pretraining result, seconds per stage, and the online stage's figures
-    (`finetune_online`; empty when `multigame.online_env_steps` is 0)."""
+    (`finetune_online`; empty when `multigame.online_env_steps` is 0). They run in this
+    process, on `compute.cpu_threads` torch threads when that names a count."""
     from learner.checkpoint import load_policy
+    from learner.device import resolve_device, set_cpu_threads_if_asked
 
+    set_cpu_threads_if_asked(resolve_device(cfg.device), cfg.compute)
     mg, seconds = cfg.multigame, {}
     options = env_options(cfg)
     start = time.perf_counter()

@@ -39,6 +39,15 @@ def set_cpu_threads(device: torch.device, compute, learners: int = 1) -> None:
         torch.set_num_threads(compute.learner_cpu_threads(learners=learners))
 
 
+def set_cpu_threads_if_asked(device: torch.device, compute) -> None:
+    """For work that runs in its caller's process (pretraining, the multi-game pipeline,
+    a benchmark's seed, a test): on a CPU `device`, sets torch's intra-op threads to
+    `compute.cpu_threads` when that names a count; at 0 the process keeps its own
+    (torch's default: every core)."""
+    if compute.cpu_threads > 0:
+        set_cpu_threads(device, compute)
+
+
 def to_device(batch: dict[str, np.ndarray], device: torch.device) -> dict[str, torch.Tensor]:
     """numpy windows -> tensors on `device`; integer timesteps become int64 for the
     embedding. Read-only arrays (Reverb hands those out) are copied first."""

@@ -17,21 +17,13 @@ from pathlib import Path
 import torch
 
 from learner.checkpoint import learner_payload, save_checkpoint
-from learner.device import resolve_device, set_cpu_threads, to_device
+from learner.device import resolve_device, set_cpu_threads_if_asked, to_device
 from learner.learner import Learner, NonFiniteGuard
 from learner.tensorboard import SummaryWriter, flatten, markdown_table
 from replay.datasets import OfflineDataset
 from replay.formats import item_format
 from replay.offline import flatten_episodes, state_statistics
 from replay.windows import ActionBox
-
-
-def _set_threads_if_asked(device: torch.device, compute) -> None:
-    """Pretraining runs in its caller's process (the main job, a benchmark's seed, a
-    test), so it changes that process's torch threads only when `compute.cpu_threads`
-    names a count; at 0 the process keeps its own (torch's default: every core)."""
-    if compute.cpu_threads > 0:
-        set_cpu_threads(device, compute)
 
 
 @dataclass
@@ -79,7 +71,7 @@ def train_offline(cfg, sampler, role_dir: str | Path, *, evaluate_fn: Callable |
     evaluations."""
     role_dir = Path(role_dir)
     device = resolve_device(cfg.device)
-    _set_threads_if_asked(device, cfg.compute)
+    set_cpu_threads_if_asked(device, cfg.compute)
     torch.manual_seed(cfg.seed)
     learner = Learner(cfg.model, cfg.objective, replace(cfg.optim, seed=cfg.seed), device,
                       cfg.compute)
@@ -167,7 +159,7 @@ def pretrain_critic(cfg, dataset: OfflineDataset, checkpoint: str | Path,
         raise ValueError(f"pretrain_critic needs an objective with a critic (odt_td3), not "
                          f"objective.kind={cfg.objective.kind!r}")
     device = resolve_device(cfg.device)
-    _set_threads_if_asked(device, cfg.compute)
+    set_cpu_threads_if_asked(device, cfg.compute)
     torch.manual_seed(cfg.seed)
     payload = load_checkpoint(checkpoint, map_location=device)
     learner = learner_from_checkpoint(payload, cfg.objective, replace(cfg.optim, seed=cfg.seed),
