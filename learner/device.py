@@ -7,7 +7,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-
 CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 
 
