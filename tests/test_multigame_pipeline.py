@@ -168,23 +168,33 @@ def test_the_preset_refuses_data_policies_it_cannot_record(counts, message):
     assert any(re.search(message, problem) for problem in validate(cfg)), validate(cfg)
 
 
-def test_bench_plays_its_runs_again_with_other_inference_settings(tmp_path):
+def bench(out: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "bench.multigame", "--seeds=0", f"--out={out}",
+                           *args], cwd=REPO, capture_output=True, text=True, timeout=600)
+
+
+def json_lines(proc: subprocess.CompletedProcess) -> list[dict]:
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+
+
+@pytest.fixture(scope="module")
+def bench_run(tmp_path_factory):
+    """One seed of bench.multigame at the tiny size, single-game models included: its
+    --out folder and its row."""
+    out = tmp_path_factory.mktemp("bench") / "out"
+    tiny = [t.replace("--games=Pong,Breakout-v5", f"--set=multigame.games={','.join(GAMES)}")
+            for t in TINY]
+    first, _ = json_lines(bench(out, *tiny))
+    return out, first
+
+
+def test_bench_plays_its_runs_again_with_other_inference_settings(bench_run):
     """bench.multigame's --evaluate_only plays the seeds' checkpoints again: with the
     saved settings it reproduces the run's own scores exactly (the evaluation is
     seeded), and with others it writes its curves beside the run's."""
-    out = tmp_path / "bench"
-    tiny = [t.replace("--games=Pong,Breakout-v5", f"--set=multigame.games={','.join(GAMES)}")
-            for t in TINY]
-
-    def bench(*args):
-        proc = subprocess.run([sys.executable, "-m", "bench.multigame", "--seeds=0",
-                               f"--out={out}", *args], cwd=REPO, capture_output=True,
-                              text=True, timeout=600)
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        return [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
-
-    first, _ = bench(*tiny)
-    again, report = bench("--evaluate_only")
+    out, first = bench_run
+    again, report = json_lines(bench(out, "--evaluate_only"))
     for game in GAMES:
         for key in ("expert_return", "target_return", "online_expert_return",
                     "single_expert_return", "single_target_return"):
@@ -193,39 +203,23 @@ def test_bench_plays_its_runs_again_with_other_inference_settings(tmp_path):
                                                "multi_vs_single"}
     scalars = read_scalars(out / "seed0" / "evaluation")
     assert {f"eval/{game}/expert_return" for game in GAMES} <= set(scalars)
-    proc = subprocess.run([sys.executable, "-m", "bench.multigame", "--seeds=0", f"--out={out}",
-                           "--evaluate_only", "--set=multigame.num_return_samples=1"],
-                          cwd=REPO, capture_output=True, text=True, timeout=600)
+    proc = bench(out, "--evaluate_only", "--set=multigame.num_return_samples=1")
     assert proc.returncode != 0 and "seed0/evaluation already exists" in proc.stderr
     (out / "seed0" / "evaluation").rename(out / "seed0" / "first_evaluation")
-    proc = subprocess.run([sys.executable, "-m", "bench.multigame", "--seeds=0", f"--out={out}",
-                           "--evaluate_only", "--set=multigame.games=Pong-v5,Qbert-v5"],
-                          cwd=REPO, capture_output=True, text=True, timeout=600)
+    proc = bench(out, "--evaluate_only", "--set=multigame.games=Pong-v5,Qbert-v5")
     assert proc.returncode != 0 and "has no episodes of Qbert-v5" in proc.stderr
     assert not (out / "seed0" / "evaluation").exists()
 
 
-def test_bench_fine_tunes_its_runs_again_from_the_pretrained_checkpoints(tmp_path):
+def test_bench_fine_tunes_its_runs_again_from_the_pretrained_checkpoints(bench_run):
     """bench.multigame's --finetune_only runs the online stage again from each seed's
     pretrained checkpoint with other settings, into a folder of its own; the row keeps
     the run's scores before fine-tuning. `multigame.preload_top_episodes` preloads each
     game's best recorded episodes only."""
-    out = tmp_path / "bench"
-    tiny = [t.replace("--games=Pong,Breakout-v5", f"--set=multigame.games={','.join(GAMES)}")
-            for t in TINY]
-
-    def bench(*args):
-        return subprocess.run([sys.executable, "-m", "bench.multigame", "--seeds=0",
-                               f"--out={out}", *args], cwd=REPO, capture_output=True,
-                              text=True, timeout=600)
-
-    proc = bench(*tiny, "--single_game=false")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    first, _ = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
-    proc = bench("--finetune_only=top1", "--set=multigame.preload_top_episodes=1")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    again, report = [json.loads(line) for line in proc.stdout.splitlines()
-                     if line.startswith("{")]
+    out, first = bench_run
+    before = sorted(p.name for p in (out / "seed0").iterdir())
+    again, report = json_lines(bench(out, "--finetune_only=top1",
+                                     "--set=multigame.preload_top_episodes=1"))
     data = load_multigame(out / "seed0" / "data")
     best_lengths = set()
     for pong in data[GAMES[0]]:
@@ -246,15 +240,13 @@ def test_bench_fine_tunes_its_runs_again_from_the_pretrained_checkpoints(tmp_pat
     assert (folder / "checkpoint.pt").is_file()
     assert json.loads((folder / "multigame.json").read_text())["online"] == again["online"]
     assert f"eval/{GAMES[0]}/expert_return" in read_scalars(folder)
-    assert not (out / "seed0" / "top1.partial").exists()
     # The run's own fine-tuning is untouched, and taken names are refused.
     assert (out / "seed0" / "finetune" / "checkpoint.pt").is_file()
     for name, message in (("top1", "seed0/top1 already exists"),
                           ("pretrain", "must be a plain folder name")):
-        proc = bench(f"--finetune_only={name}")
+        proc = bench(out, f"--finetune_only={name}")
         assert proc.returncode != 0 and message in proc.stderr, proc.stderr[-2000:]
-    assert sorted(p.name for p in (out / "seed0").iterdir()) == [
-        "config.json", "data", "finetune", "multigame.json", "pretrain", "top1"]
+    assert sorted(p.name for p in (out / "seed0").iterdir()) == sorted([*before, "top1"])
 
 
 def test_a_failing_actor_process_stops_the_online_stage(run, tmp_path):
