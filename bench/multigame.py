@@ -189,9 +189,11 @@ def finetune_again(out: Path, seeds: list[int], settings: list[str], name: str) 
     from learner.checkpoint import load_policy
 
     flag = f"--finetune_only={name}"
-    if not name or name in RUN_FOLDERS or Path(name).name != name or name.endswith(".partial"):
+    if (not name or name in RUN_FOLDERS or Path(name).name != name or name.startswith(".")
+            or name.endswith(".partial")):
         raise ValueError(f"{flag}: the name must be a plain folder name, none of "
-                         f"{', '.join(RUN_FOLDERS)}, not ending in .partial")
+                         f"{', '.join(RUN_FOLDERS)}, not starting with '.' or ending in "
+                         ".partial")
     check_runs(out, seeds, flag, name)
     rows = []
     for seed in seeds:

@@ -243,7 +243,8 @@ def test_bench_fine_tunes_its_runs_again_from_the_pretrained_checkpoints(bench_r
     # The run's own fine-tuning is untouched, and taken names are refused.
     assert (out / "seed0" / "finetune" / "checkpoint.pt").is_file()
     for name, message in (("top1", "seed0/top1 already exists"),
-                          ("pretrain", "must be a plain folder name")):
+                          ("pretrain", "must be a plain folder name"),
+                          ("..", "must be a plain folder name")):
         proc = bench(out, f"--finetune_only={name}")
         assert proc.returncode != 0 and message in proc.stderr, proc.stderr[-2000:]
     assert sorted(p.name for p in (out / "seed0").iterdir()) == sorted([*before, "top1"])
