@@ -21,17 +21,17 @@ Stages, each writing under the run directory:
    same model on every game at once (`finetune_online`). A Reverb server on
    127.0.0.1 holds the frame windows (`replay.frame_window`), preloaded with the
    recorded data (or each game's `multigame.preload_top_episodes` best episodes, as
-   ODT's buffer starts from the top offline trajectories); one actor per game (`actors.multigame.GamePlayer`,
-   `multigame.online_envs` envpool environments, expert-action inference, sampled
-   actions) writes its finished episodes, with hindsight returns-to-go, into it; the
-   learner samples batches of every game's windows from it and steps the 'mgdt'
-   objective with ODT's entropy term (`rl=True`), `replay.updates_per_env_step` updates
-   per step played. By default actors and learner take turns in this process, as
-   ODT's own loop does: every actor plays `multigame.online_round_steps` steps with the
-   newest weights, then the learner makes the updates due. With
-   `multigame.actor_processes` every game's actor is a process of its own
-   (`launch.roles.multigame_actor_role`) that plays while the learner learns, pulling
-   the weights the learner publishes to the server's params table. Then step 3's
+   ODT's buffer starts from the top offline trajectories); one actor per game
+   (`actors.multigame.GamePlayer`, `multigame.online_envs` envpool environments,
+   expert-action inference, sampled actions) writes its finished episodes, with
+   hindsight returns-to-go, into it; the learner samples batches of every game's
+   windows from it and steps the 'mgdt' objective with ODT's entropy term (`rl=True`),
+   `replay.updates_per_env_step` updates per step played. By default actors and
+   learner take turns in this process, as ODT's own loop does: every actor plays
+   `multigame.online_round_steps` steps with the newest weights, then the learner makes
+   the updates due. With `multigame.actor_processes` every game's actor is a process
+   of its own (`launch.roles.multigame_actor_role`) that plays while the learner
+   learns, pulling the weights the learner publishes to the server's params table. Then step 3's
    evaluation again, on the fine-tuned model (`eval/<game>/...` and
    `online/<game>/episode_return` in `finetune/`).
 
@@ -157,14 +157,15 @@ def run_multi_game(cfg, run_dir: Path
     write_multigame(run_dir / "data", data, num_actions=cfg.model.act_dim)
     seconds["recording"] = time.perf_counter() - start
     steps = concat_games(data, games=mg.games, num_actions=cfg.model.act_dim)
-    preload = sum(len(episode.actions) for episodes in preloaded(cfg, data).values()
-                  for episode in episodes)
-    if mg.online_env_steps and mg.replay_capacity_steps < preload:
-        raise ValueError(
-            f"multigame.replay_capacity_steps={mg.replay_capacity_steps} is below the "
-            f"{preload} recorded steps that online fine-tuning preloads; raise it, lower "
-            "multigame.preload_top_episodes, or set multigame.online_env_steps=0 to skip "
-            "fine-tuning")
+    if mg.online_env_steps:
+        preload = sum(len(episode.actions) for episodes in preloaded(cfg, data).values()
+                      for episode in episodes)
+        if mg.replay_capacity_steps < preload:
+            raise ValueError(
+                f"multigame.replay_capacity_steps={mg.replay_capacity_steps} is below the "
+                f"{preload} recorded steps that online fine-tuning preloads; raise it, lower "
+                "multigame.preload_top_episodes, or set multigame.online_env_steps=0 to "
+                "skip fine-tuning")
     per_game = steps.steps_per_game
     print("data: " + ", ".join(f"{game} {len(data[game])} episodes / {per_game[game]} steps"
                                for game in mg.games), flush=True)
@@ -241,7 +242,7 @@ def preloaded(cfg, data: dict) -> dict[str, list]:
     out = {}
     for game in cfg.multigame.games:
         episodes = [tagged.episode for tagged in data[game]]
-        out[game] = top_episodes(episodes, min(top, len(episodes))) if top else episodes
+        out[game] = top_episodes(episodes, top) if top else episodes
     return out
 
 
@@ -276,10 +277,11 @@ def finetune_online(cfg, run_dir: Path, checkpoint: Path,
     until `multigame.online_env_steps` steps (all games together) were played, or a
     little more (each schedule says by how much), preloading from `run_dir/data`
     (`preloaded`). Writes `checkpoint.pt` and TensorBoard to `logdir` (default
-    `run_dir/finetune`); fills each result's `actor_returns`; returns the stage's figures (env steps, updates, updates/s, env steps/s, and this
-    process's resident-memory growth over the replay server's preload and over the
-    whole stage). Stops with `learner.NonFiniteLoss` after
-    `finetune.max_nonfinite_updates` skipped updates in a row, as pretraining does.
+    `run_dir/finetune`); fills each result's `actor_returns`; returns the stage's
+    figures (env steps, updates, updates/s, env steps/s, and this process's
+    resident-memory growth over the replay server's preload and over the whole stage).
+    Stops with `learner.NonFiniteLoss` after `finetune.max_nonfinite_updates` skipped
+    updates in a row, as pretraining does.
 
     The actors and the learner take turns in this process (`_take_turns`), or, with
     `multigame.actor_processes`, each game's actor is a process of its own beside the
