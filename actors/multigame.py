@@ -54,7 +54,14 @@ from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
-from actors.envs import MGDT_OPTIONS, EnvSpec, VectorEnv, check_options, env_spec
+from actors.envs import (
+    MGDT_OPTIONS,
+    EnvSpec,
+    StepResult,
+    VectorEnv,
+    check_options,
+    env_spec,
+)
 from replay.datasets import Episode
 from replay.multigame import TaggedEpisode, check_policy_tag
 
@@ -371,39 +378,99 @@ def _record(env: VectorEnv, policy, tag: str, count: int) -> list[Episode]:
     return done
 
 
+class MixedGameEnv:
+    """Several games' `VectorEnv`s as one batch, for an actor whose batch mixes games:
+    environment i of the whole batch is environment i - offset of the game it falls in,
+    games in the given order; `games[i]` is its game index. `reset` and `step` take and
+    give whole-batch arrays, stepping each game's envs in turn (lockstep, as
+    `VectorEnv.step`); `close` closes them all.
+
+        env = MixedGameEnv([VectorEnv(game, 4, seed + g, options=MGDT_OPTIONS)
+                            for g, game in enumerate(("Pong-v5", "Breakout-v5"))])
+        env.num_envs, env.games  # 8, [0 0 0 0 1 1 1 1]
+
+    Every game must have the same action count and frame shape (the full action set);
+    ValueError names the first that does not. `spec` is the first game's."""
+
+    def __init__(self, envs):
+        self.envs = list(envs)
+        if not self.envs:
+            raise ValueError("MixedGameEnv needs at least one game's VectorEnv")
+        first = self.envs[0].spec
+        for env in self.envs[1:]:
+            if (env.spec.num_actions, env.spec.observation_shape) != (
+                    first.num_actions, first.observation_shape):
+                raise ValueError(
+                    f"game {env.spec.env_id} has {env.spec.action_space} and frames "
+                    f"{env.spec.observation_shape}, but {first.env_id} has "
+                    f"{first.action_space} and {first.observation_shape}; one batch needs "
+                    "one action set (full_action_space=True)")
+        self.spec = first
+        sizes = [env.num_envs for env in self.envs]
+        self.num_envs = sum(sizes)
+        self.games = np.repeat(np.arange(len(sizes)), sizes)
+        self._bounds = np.cumsum([0, *sizes])
+
+    def reset(self) -> np.ndarray:
+        """Reset every game's envs; their first frames, (num_envs, 1, H, W)."""
+        return np.concatenate([env.reset() for env in self.envs])
+
+    def step(self, actions: np.ndarray) -> StepResult:
+        """Step every game's envs with their slice of `actions` (num_envs,); one
+        `StepResult` for the whole batch."""
+        parts = [env.step(actions[lo:hi]) for env, lo, hi
+                 in zip(self.envs, self._bounds[:-1], self._bounds[1:])]
+        return StepResult(*(np.concatenate([getattr(part, name) for part in parts])
+                            for name in ("observations", "rewards", "terminated",
+                                         "truncated", "is_reset")))
+
+    def close(self) -> None:
+        for env in self.envs:
+            env.close()
+
+
 class GamePlayer:
-    """Plays one game with a `models.mgdt.MultiGamePolicy` (or any policy with the
-    `act`, `record` and `reset` methods of the module docstring), episode after
-    episode: each `play(steps)` goes on where the last one stopped, so an episode may
-    span calls. The online actor of one game in the multi-game pipeline.
+    """Plays with a `models.mgdt.MultiGamePolicy` (or any policy with the `act`,
+    `record` and `reset` methods of the module docstring), episode after episode, on a
+    `VectorEnv` of one game or a `MixedGameEnv` of several, whose game indices (in the
+    caller's list of games) are `games`, one per game of `env`: each `play(steps)` goes
+    on where the last one stopped, so an episode may span calls. The online actor of the
+    multi-game pipeline, one forward pass per step for its whole batch.
 
         player = GamePlayer(VectorEnv("Pong-v5", 4, seed, options=MGDT_OPTIONS), policy)
-        episodes, transitions = player.play(500)
+        episodes, transitions = player.play(500)  # [(game index, Episode), ...], count
     """
 
-    def __init__(self, env: VectorEnv, policy, generator=None):
+    def __init__(self, env, policy, generator=None, games: Sequence[int] = (0,)):
         self.env = env
         self.policy = policy
         self.generator = generator
+        local = getattr(env, "games", np.zeros(env.num_envs, np.int64))
+        if local.max() >= len(games):
+            raise ValueError(f"games={list(games)} gives {len(games)} game indices for an "
+                             f"env of {local.max() + 1} games")
+        self.games = np.asarray(games, np.int64)[local]  # (num_envs,) each env's game
         self.frames: np.ndarray | None = None
         self.buffers: EpisodeBuffers | None = None
 
-    def play(self, steps: int) -> tuple[list[Episode], int]:
+    def play(self, steps: int) -> tuple[list[tuple[int, Episode]], int]:
         """Step every environment until at least `steps` transitions were taken; return
-        the episodes that ended meanwhile, in finishing order, and the transitions."""
+        the episodes that ended meanwhile as (game index, Episode), in finishing order,
+        and the transitions."""
         if self.frames is None:
             self.frames = self.env.reset()
             self.policy.reset()
             self.buffers = EpisodeBuffers(self.frames)
         n = self.env.num_envs
-        finished: list[Episode] = []
+        finished: list[tuple[int, Episode]] = []
         taken = 0
         while taken < steps:
             actions = _checked_actions(self.policy.act(self.frames, generator=self.generator),
                                        n, self.env.spec.num_actions, "online")
             result = self.env.step(actions)
             self.policy.record(actions, result.rewards, result.terminated)
-            finished.extend(episode for _, episode in self.buffers.step(actions, result))
+            finished.extend((int(self.games[i]), episode)
+                            for i, episode in self.buffers.step(actions, result))
             if result.is_reset.any():
                 self.policy.reset(np.flatnonzero(result.is_reset))
             taken += int(result.is_transition.sum())
@@ -412,6 +479,29 @@ class GamePlayer:
 
     def close(self) -> None:
         self.env.close()
+
+
+def online_player(cfg, model, games: Sequence[int], seeds: Sequence[int],
+                  generator=None) -> GamePlayer:
+    """The online actor of `cfg.multigame.games[g]` for each g of `games` (indices),
+    `multigame.online_envs` environments of each seeded with `seeds` (one per game), with
+    expert-action inference (`MultiGamePolicy` with `policy_settings`): a `GamePlayer` on
+    that game's `VectorEnv`, or on a `MixedGameEnv` of all of them when `games` names
+    more than one."""
+    from models.mgdt import MultiGamePolicy
+
+    mg = cfg.multigame
+    envs = []
+    try:
+        for g, seed in zip(games, seeds, strict=True):
+            envs.append(VectorEnv(mg.games[g], mg.online_envs, seed, options=env_options(cfg)))
+    except BaseException:
+        for env in envs:
+            env.close()
+        raise
+    env = envs[0] if len(envs) == 1 else MixedGameEnv(envs)
+    policy = MultiGamePolicy(model, env.num_envs, mode="expert", **policy_settings(cfg))
+    return GamePlayer(env, policy, generator, games)
 
 
 def _checked_actions(actions, n: int, num_actions: int, tag: str) -> np.ndarray:

@@ -21,22 +21,24 @@ Stages, each writing under the run directory:
    same model on every game at once (`finetune_online`). A Reverb server on
    127.0.0.1 holds the frame windows (`replay.frame_window`), preloaded with the
    recorded data (or each game's `multigame.preload_top_episodes` best episodes, as
-   ODT's buffer starts from the top offline trajectories); one actor per game
-   (`actors.multigame.GamePlayer`, `multigame.online_envs` envpool environments,
-   expert-action inference, sampled actions) writes its finished episodes, with
-   hindsight returns-to-go, into it; the learner samples batches of every game's
-   windows from it and steps the 'mgdt' objective with ODT's entropy term (`rl=True`),
-   `replay.updates_per_env_step` updates per step played. By default actors and
-   learner take turns in this process, as ODT's own loop does: every actor plays
-   `multigame.online_round_steps` steps with the newest weights, then the learner makes
-   the updates due. With `multigame.actor_processes` every game's actor is a process
-   of its own (`launch.roles.multigame_actor_role`) that plays while the learner
-   learns, pulling the weights the learner publishes to the server's params table. Then step 3's
+   ODT's buffer starts from the top offline trajectories). One actor per game, or one
+   for all games with `multigame.mix_games` (`actors.multigame.online_player`:
+   `multigame.online_envs` envpool environments per game, expert-action inference,
+   sampled actions, one forward pass per step for the actor's whole batch), writes
+   its finished episodes, with hindsight returns-to-go, into it; the learner samples
+   batches of every game's windows from it and steps the 'mgdt' objective with ODT's
+   entropy term (`rl=True`), `replay.updates_per_env_step` updates per step played.
+   By default actors and learner take turns in this process, as ODT's own loop does:
+   every actor plays `multigame.online_round_steps` steps per game it plays with the
+   newest weights, then the learner makes the updates due. With
+   `multigame.actor_processes` every actor is a process of its own
+   (`launch.roles.multigame_actor_role`) that plays while the learner learns, pulling
+   the weights the learner publishes to the server's params table. Then step 3's
    evaluation again, on the fine-tuned model (`eval/<game>/...` and
    `online/<game>/episode_return` in `finetune/`).
 
     python -m launch.main --preset=mgdt-atari3 [--games=Pong,Breakout,...]
-        [--set=multigame.actor_processes=true]
+        [--set=multigame.actor_processes=true] [--set=multigame.mix_games=true]
 """
 
 from __future__ import annotations
@@ -278,13 +280,14 @@ def finetune_online(cfg, run_dir: Path, checkpoint: Path,
     little more (each schedule says by how much), preloading from `run_dir/data`
     (`preloaded`). Writes `checkpoint.pt` and TensorBoard to `logdir` (default
     `run_dir/finetune`); fills each result's `actor_returns`; returns the stage's
-    figures (env steps, updates, updates/s, env steps/s, and this process's
-    resident-memory growth over the replay server's preload and over the whole stage).
+    figures (env steps, updates, updates/s, env steps/s, the number of actors that
+    played, and this process's resident-memory growth over the replay server's preload
+    and over the whole stage).
     Stops with `learner.NonFiniteLoss` after `finetune.max_nonfinite_updates` skipped
     updates in a row, as pretraining does.
 
     The actors and the learner take turns in this process (`_take_turns`), or, with
-    `multigame.actor_processes`, each game's actor is a process of its own beside the
+    `multigame.actor_processes`, each actor is a process of its own beside the
     learner (`_learn_beside_actor_processes`)."""
     from learner.checkpoint import learner_payload, load_checkpoint
     from learner.device import resolve_device
@@ -337,7 +340,7 @@ def finetune_online(cfg, run_dir: Path, checkpoint: Path,
             "env_steps_per_s": online.env_steps / max(online.act_s, 1e-9),
             "updates_per_s": online.updates / max(online.learn_s, 1e-9),
             "acting_s": round(online.act_s, 1), "learning_s": round(online.learn_s, 1),
-            "actor_processes": mg.actor_processes,
+            "actor_processes": mg.actor_processes, "actors": online.actors,
             "preloaded_steps": preload, "replay_size": final_size,
             "preload_rss_mib": round(preloaded_mib, 1),
             "final_rss_growth_mib": round(final_mib - rss_before, 1)}
@@ -363,7 +366,7 @@ class _Online:
         self.batches = item_format("frame_window").batches(
             address, spec, cfg.optim.batch_size, rate_limiter_timeout_ms=STREAM_TIMEOUT_MS)
         self.guard = NonFiniteGuard(learner, cfg.finetune.max_nonfinite_updates)
-        self.env_steps = self.updates = 0
+        self.env_steps = self.updates = self.actors = 0
         self.act_s = self.learn_s = 0.0
 
     def episode(self, g: int, ret: float, at: int) -> None:
@@ -409,28 +412,27 @@ class _Online:
 
 
 def _take_turns(online: _Online, frames_writer) -> None:
-    """Every game's actor (`actors.multigame.GamePlayer`) plays
-    `multigame.online_round_steps` steps with the learner's own model, its finished
-    episodes written to the table, then the learner makes the updates due; until the
-    budget is played (the last round whole, so the count may pass it by up to a round)."""
-    from actors.multigame import GamePlayer
-    from models.mgdt import MultiGamePolicy
+    """Every actor (`actors.multigame.online_player`: one per game, or one for all with
+    `multigame.mix_games`) plays `multigame.online_round_steps` steps per game it plays
+    with the learner's own model, its finished episodes written to the table, then the
+    learner makes the updates due; until the budget is played (the last round whole, so
+    the count may pass it by up to a round)."""
+    from actors.multigame import online_player
 
     cfg, mg = online.cfg, online.cfg.multigame
     device = online.learner.device
     generator = torch.Generator(device=device).manual_seed(cfg.seed + 1)
-    players: list[GamePlayer] = []
+    groups, players = actor_games(cfg), []
     try:
-        for g, game in enumerate(mg.games):
-            policy = MultiGamePolicy(online.learner.model, mg.online_envs, mode="expert",
-                                     **policy_settings(cfg))
-            env = VectorEnv(game, mg.online_envs, game_seed(cfg, g), options=env_options(cfg))
-            players.append(GamePlayer(env, policy, generator))
+        for group in groups:
+            players.append(online_player(cfg, online.learner.model, group,
+                                         [game_seed(cfg, g) for g in group], generator))
+        online.actors = len(players)
         while online.env_steps < mg.online_env_steps:
             start = time.perf_counter()
-            for g, player in enumerate(players):
-                episodes, taken = player.play(mg.online_round_steps)
-                for episode in episodes:
+            for group, player in zip(groups, players):
+                episodes, taken = player.play(mg.online_round_steps * len(group))
+                for g, episode in episodes:
                     frames_writer.write(episode, g)
                     online.episode(g, episode.ret, online.env_steps + taken)
                 online.env_steps += taken
@@ -443,19 +445,27 @@ def _take_turns(online: _Online, frames_writer) -> None:
             player.close()
 
 
+def actor_games(cfg) -> list[list[int]]:
+    """The game indices each online actor plays: one actor for all games with
+    `multigame.mix_games`, else one per game."""
+    indices = list(range(len(cfg.multigame.games)))
+    return [indices] if cfg.multigame.mix_games else [[g] for g in indices]
+
+
 def game_seed(cfg, g: int) -> int:
-    """The environment seed of game `g`'s online actor."""
+    """The environment seed of game `g`'s environments in the online stage."""
     return cfg.seed * 1000 + 500 + g
 
 
 def _learn_beside_actor_processes(online: _Online, checkpoint: Path) -> None:
-    """One process per game (`launch.roles.multigame_actor_role`) plays its share of the
-    budget (`online_env_steps` / games, rounded up; each actor may pass it by up to the
-    last step of its last chunk) with the newest published weights and writes its
-    finished episodes to the table, while this process learns: it publishes its weights
-    before starting the actors and every `finetune.publish_every` updates, and makes
-    the updates due for the steps the actors report played (after every chunk of
-    `online_envs` x 8 steps), finished episodes or not, as turn-taking counts them.
+    """One process per actor (`launch.roles.multigame_actor_role`; per game, or one for
+    all with `multigame.mix_games`) plays its share of the budget (`online_env_steps` x
+    its games / all games, rounded up; each actor may pass it by up to the last step
+    of its last chunk) with the newest published weights and writes its finished
+    episodes to the table, while this process learns: it publishes its weights before
+    starting the actors and every `finetune.publish_every` updates, and makes the
+    updates due for the steps the actors report played (after every chunk of 8 steps of
+    each of their environments), finished episodes or not, as turn-taking counts them.
     The rate limiter holds an actor whose writes run ahead of the learner by more than
     `online_spec`'s slack. Ends when every actor has played its share and the learner
     has made the updates due. An actor that fails stops the stage with RuntimeError,
@@ -471,11 +481,13 @@ def _learn_beside_actor_processes(online: _Online, checkpoint: Path) -> None:
     cfg, mg = online.cfg, online.cfg.multigame
     context = mp.get_context("spawn")
     stop, reports = context.Event(), context.Queue()
-    share = -(-mg.online_env_steps // len(mg.games))
-    actors = [context.Process(target=multigame_actor_role, name=f"actor-{game}",
-                              args=(cfg, str(checkpoint), online.address, online.spec, g,
-                                    share, game_seed(cfg, g), stop, reports), daemon=True)
-              for g, game in enumerate(mg.games)]
+    groups = actor_games(cfg)
+    actors = [context.Process(
+        target=multigame_actor_role, name="actor-" + "+".join(mg.games[g] for g in group),
+        args=(cfg, str(checkpoint), online.address, online.spec, a, group,
+              -(-mg.online_env_steps * len(group) // len(mg.games)),
+              [game_seed(cfg, g) for g in group], stop, reports), daemon=True)
+        for a, group in enumerate(groups)]
     start = time.perf_counter()
     played, done = [0] * len(actors), [False] * len(actors)
     try:
@@ -483,14 +495,15 @@ def _learn_beside_actor_processes(online: _Online, checkpoint: Path) -> None:
         publish_params(client, weights_as_arrays(online.learner.model), online.learner.step)
         for actor in actors:
             actor.start()
+        online.actors = len(actors)
         last_logged = 0
         while True:
             try:
                 while True:
-                    kind, g, ret, taken, weights_step = reports.get_nowait()
-                    played[g] = taken
+                    kind, a, g, ret, taken, weights_step = reports.get_nowait()
+                    played[a] = taken
                     online.env_steps = sum(played)
-                    done[g] = done[g] or kind == "done"
+                    done[a] = done[a] or kind == "done"
                     if kind == "episode":
                         online.episode(g, ret, online.env_steps)
                         online.writer.scalar(f"online/{mg.games[g]}/weights_step",

@@ -227,9 +227,13 @@ class MultiGameConfig:
     episodes, the highest returns, worst first (ODT's buffer of the top offline
     trajectories); 0 preloads every recorded episode."""
     actor_processes: bool = False
-    """Online, run each game's actor as a process of its own beside the learner, which
-    learns while they play; False: actors and learner take turns in one process, which
-    makes a run reproducible (`launch.multigame`)."""
+    """Online, run each actor as a process of its own beside the learner, which learns
+    while they play; False: actors and learner take turns in one process, which makes a
+    run reproducible (`launch.multigame`)."""
+    mix_games: bool = False
+    """Online, one actor plays every game: its batch mixes `online_envs` environments of
+    each game, acted for in one forward pass (`actors.multigame.MixedGameEnv`); False:
+    an actor per game."""
 
 
 PIPELINES = ("offline_online", "in_context", "multi_game")

@@ -415,36 +415,35 @@ FIRST_WEIGHTS_S = 60.0
 """How long a multi-game actor waits for the learner's first published weights."""
 
 
-def multigame_actor_role(cfg, checkpoint: str, address: str, spec: ReplaySpec, g: int,
-                         steps: int, seed: int, stop, reports) -> None:
-    """The online actor of game `g` of `cfg.multigame.games` in the multi-game pipeline
-    (`launch.multigame`, `multigame.actor_processes`), in a process of its own with one
-    torch thread: plays `steps` steps (then stops, its unfinished episodes dropped) or
-    until `stop`, with `multigame.online_envs` environments and expert-action inference
-    with sampled actions (`models.mgdt.MultiGamePolicy` with
-    `actors.multigame.policy_settings`).
+def multigame_actor_role(cfg, checkpoint: str, address: str, spec: ReplaySpec, a: int,
+                         games: list[int], steps: int, seeds: list[int], stop,
+                         reports) -> None:
+    """Online actor `a` of the multi-game pipeline (`launch.multigame`,
+    `multigame.actor_processes`), in a process of its own with one torch thread: plays
+    the games of `cfg.multigame.games` indexed by `games` (one, or all of them mixed in
+    one batch with `multigame.mix_games`; `actors.multigame.online_player`, envs seeded
+    with `seeds`, expert-action inference with sampled actions) for `steps` steps (then
+    stops, its unfinished episodes dropped) or until `stop`.
 
     It builds the model of `checkpoint`, loads the weights the learner published to the
     params table before starting the actors (RuntimeError when none arrive within
     `FIRST_WEIGHTS_S` or a payload does not fit the model), then the newest ones
-    (polled every `actor.params_interval_s`, loaded between chunks of `online_envs` x 8
-    steps). Each finished episode goes into the experience table as frame windows of
-    game `g`, blocking on the rate limiter. Onto `reports` it puts
-    ("episode", g, return, steps played, learner step of the weights in use) for each
-    finished episode, ("progress", g, None, steps played, that step) after each chunk,
-    and ("done", g, None, steps played, that step) at the end."""
-    from actors.envs import VectorEnv
-    from actors.multigame import GamePlayer, env_options, policy_settings
+    (polled every `actor.params_interval_s`, loaded between chunks of 8 steps of each
+    environment). Each finished episode goes into the experience table as frame
+    windows of its game, blocking on the rate limiter. Onto `reports` it puts
+    ("episode", a, game index, return, steps played, learner step of the weights in
+    use) for each finished episode, ("progress", a, None, None, steps played, that
+    step) after each chunk, and ("done", a, None, None, steps played, that step) at the
+    end."""
+    from actors.multigame import online_player
     from learner.checkpoint import load_policy
-    from models.mgdt import MultiGamePolicy
     from replay.frame_window import FrameWindowWriter
 
     torch.set_num_threads(1)
     mg = cfg.multigame
+    names = "+".join(mg.games[g] for g in games)
     model, _ = load_policy(checkpoint)
-    policy = MultiGamePolicy(model, mg.online_envs, mode="expert", **policy_settings(cfg))
-    player = GamePlayer(VectorEnv(mg.games[g], mg.online_envs, seed, options=env_options(cfg)),
-                        policy, torch.Generator().manual_seed(seed))
+    player = online_player(cfg, model, games, seeds, torch.Generator().manual_seed(seeds[0]))
     puller = ParamsPuller(address, expected_params(model), interval_s=cfg.actor.params_interval_s)
     puller.start()
     taken, weights_step = 0, -1
@@ -452,8 +451,8 @@ def multigame_actor_role(cfg, checkpoint: str, address: str, spec: ReplaySpec, g
     def newest_weights() -> None:
         nonlocal weights_step
         if puller.rejected:
-            raise RuntimeError(f"actor of {mg.games[g]}: published weights do not fit the "
-                               f"model ({puller.last_error})")
+            raise RuntimeError(f"actor of {names}: published weights do not fit the model "
+                               f"({puller.last_error})")
         newest = puller.poll()
         if newest is not None:
             weights_step, arrays = newest
@@ -464,21 +463,21 @@ def multigame_actor_role(cfg, checkpoint: str, address: str, spec: ReplaySpec, g
         while weights_step < 0 and not stop.is_set():
             newest_weights()
             if weights_step < 0 and time.monotonic() > deadline:
-                raise RuntimeError(f"actor of {mg.games[g]}: no weights in the params table "
-                                   f"at {address} after {FIRST_WEIGHTS_S:.0f} s "
+                raise RuntimeError(f"actor of {names}: no weights in the params table at "
+                                   f"{address} after {FIRST_WEIGHTS_S:.0f} s "
                                    f"({puller.last_error or 'the table stayed empty'})")
             time.sleep(0.01)
         with FrameWindowWriter(address, spec, num_actions=cfg.model.act_dim,
                                num_games=len(mg.games)) as writer:
             while taken < steps and not stop.is_set():
                 newest_weights()
-                episodes, n = player.play(min(mg.online_envs * 8, steps - taken))
+                episodes, n = player.play(min(player.env.num_envs * 8, steps - taken))
                 taken += n
-                for episode in episodes:
+                for g, episode in episodes:
                     writer.write(episode, g)
-                    reports.put(("episode", g, float(episode.ret), taken, weights_step))
-                reports.put(("progress", g, None, taken, weights_step))
-        reports.put(("done", g, None, taken, weights_step))
+                    reports.put(("episode", a, g, float(episode.ret), taken, weights_step))
+                reports.put(("progress", a, None, None, taken, weights_step))
+        reports.put(("done", a, None, None, taken, weights_step))
     finally:
         puller.stop()
         player.close()

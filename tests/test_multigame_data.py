@@ -15,6 +15,8 @@ import pytest
 from actors.envs import MGDT_OPTIONS, VectorEnv, env_spec
 from actors.multigame import (
     CEM_FLOOR,
+    GamePlayer,
+    MixedGameEnv,
     StickyRandom,
     cem_rounds,
     cem_update,
@@ -230,6 +232,73 @@ def test_a_given_policy_is_told_its_steps_and_episode_starts():
     bare = record_games(["Pong-v5"], {"fixed": 1}, seed=0, max_steps_per_episode=3,
                         num_envs=1, policies={"fixed": lambda frames: np.array([4])})
     assert bare["Pong-v5"][0].episode.actions.tolist() == [4, 4, 4]
+
+
+class KeyedPolicy:
+    """act/record/reset for a batch whose environment i has key keys[i]: each step acts
+    (step + key) % 18, so an environment is acted for alike alone or in a mixed batch."""
+
+    def __init__(self, keys):
+        self.keys, self.steps = np.asarray(keys), 0
+
+    def act(self, frames, generator=None):
+        assert frames.shape == (len(self.keys), 1, 84, 84)
+        self.steps += 1
+        return (self.steps + self.keys) % 18
+
+    def record(self, actions, rewards, terminated):
+        pass
+
+    def reset(self, env_ids=None):
+        pass
+
+
+def test_a_mixed_batch_plays_each_game_as_its_own_batch_would():
+    """An actor whose batch mixes two games (MixedGameEnv) finishes, for each game, the
+    same episodes as that game's own batch with the same seed and actions, and tags
+    each with its game's index."""
+    n, options = 2, {**MGDT_OPTIONS, "max_episode_steps": 12}
+
+    def env(i):
+        return VectorEnv(GAMES[i], n, 10 + i, options=options)
+
+    mixed = GamePlayer(MixedGameEnv([env(0), env(1)]), KeyedPolicy([0, 1, 7, 8]),
+                       games=[3, 5])
+    alone = [GamePlayer(env(i), KeyedPolicy(keys), games=[g])
+             for i, (g, keys) in enumerate(((3, [0, 1]), (5, [7, 8])))]
+    try:
+        assert mixed.env.num_envs == 4 and mixed.games.tolist() == [3, 3, 5, 5]
+        got, taken = mixed.play(100)
+        assert taken >= 100
+        for g, player in zip((3, 5), alone):
+            theirs = [episode for _, episode in player.play(50)[0]]
+            ours = [episode for game, episode in got if game == g]
+            common = min(len(ours), len(theirs))
+            assert common >= 3, (len(ours), len(theirs))
+            for a, b in zip(ours[:common], theirs[:common]):
+                assert a.truncated and b.truncated and len(a.actions) == 12
+                np.testing.assert_array_equal(a.actions, b.actions)
+                np.testing.assert_array_equal(a.rewards, b.rewards)
+                np.testing.assert_array_equal(a.observations, b.observations)
+        assert {game for game, _ in got} == {3, 5}
+    finally:
+        for player in (mixed, *alone):
+            player.close()
+
+
+def test_a_mixed_batch_needs_one_action_set():
+    pong = VectorEnv("Pong-v5", 1, 0, options={"stack_num": 1})
+    breakout = VectorEnv("Breakout-v5", 1, 0, options={"stack_num": 1})
+    try:
+        with pytest.raises(ValueError, match="game Breakout-v5 has Discrete.*one action set"):
+            MixedGameEnv([pong, breakout])
+        with pytest.raises(ValueError, match="needs at least one"):
+            MixedGameEnv([])
+        with pytest.raises(ValueError, match=r"games=\[\] gives 0 game indices"):
+            GamePlayer(pong, KeyedPolicy([0]), games=[])
+    finally:
+        pong.close()
+        breakout.close()
 
 
 @pytest.mark.parametrize("kwargs, message", [

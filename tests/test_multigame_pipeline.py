@@ -80,6 +80,7 @@ def test_online_fine_tuning_plays_every_game_and_trains_on_their_windows(run):
     # 40-step episodes: the learner's turns run ahead of the finished episodes.
     assert 400 <= online["env_steps"] < 400 + 2 * 21
     assert online["updates"] == int(online["env_steps"] * 0.05)
+    assert online["actors"] == 2
     data_steps = sum(t.episode.length for episodes in load_multigame(run_dir / "data").values()
                      for t in episodes)
     assert online["preloaded_steps"] == data_steps
@@ -140,7 +141,7 @@ def test_online_fine_tuning_with_an_actor_process_per_game(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads((run_dir / "multigame.json").read_text())
     online = report["online"]
-    assert online["actor_processes"] is True
+    assert online["actor_processes"] is True and online["actors"] == 2
     # Each game's actor plays its half of the 400 steps, in chunks of 2 envs x 8 steps.
     assert 400 <= online["env_steps"] < 400 + 2 * 16
     assert online["updates"] == int(online["env_steps"] * 0.05)
@@ -155,6 +156,37 @@ def test_online_fine_tuning_with_an_actor_process_per_game(tmp_path):
         # pretraining's last), none with the checkpoint's own (-1).
         assert min(v for _, v in scalars[f"online/{game}/weights_step"]) >= 4
     assert (run_dir / "finetune" / "checkpoint.pt").is_file()
+
+
+@pytest.mark.parametrize("processes", [False, True])
+def test_one_actor_mixing_every_game_fine_tunes_the_model(run, tmp_path, processes):
+    """With multigame.mix_games one actor plays both games in one batch, taking turns
+    with the learner or in a process of its own; each game's episodes reach the table
+    and TensorBoard under its own name."""
+    from launch.multigame import finetune_online, game_result
+    from launch.presets import RunConfig
+
+    run_dir, _ = run
+    cfg = RunConfig.from_dict(json.loads((run_dir / "config.json").read_text()))
+    cfg = apply_setting(cfg, "multigame.mix_games=true")
+    cfg = apply_setting(cfg, f"multigame.actor_processes={str(processes).lower()}")
+    data = load_multigame(run_dir / "data")
+    results = {game: game_result(game, data[game]) for game in GAMES}
+    online = finetune_online(cfg, run_dir, run_dir / "pretrain" / "checkpoint.pt", results,
+                             logdir=tmp_path / "ft")
+    # Turn-taking: rounds of 2 games x 20 steps, each passing it by up to one step of
+    # the 4 environments. A process: the whole budget in chunks of 4 envs x 8 steps.
+    assert online["actors"] == 1
+    assert 400 <= online["env_steps"] < (400 + 4 if processes else 400 + 40 + 4)
+    assert online["updates"] == int(online["env_steps"] * 0.05)
+    assert online["replay_size"] > online["preloaded_steps"]
+    scalars = read_scalars(tmp_path / "ft")
+    for game in GAMES:
+        assert len(results[game].actor_returns) >= 2
+        assert len(scalars[f"online/{game}/episode_return"]) == len(results[game].actor_returns)
+        if processes:
+            assert min(v for _, v in scalars[f"online/{game}/weights_step"]) >= 4
+    assert (tmp_path / "ft" / "checkpoint.pt").is_file()
 
 
 @pytest.mark.parametrize("counts, message", [
