@@ -20,6 +20,7 @@ import torch
 from bench import actor as bench_actor
 from bench import learner as bench_learner
 from bench import memory as bench_memory
+from bench import multigame_actor as bench_multigame_actor
 from bench import replay as bench_replay
 from bench.learner import PATHS, random_batch
 from learner.config import EAGER_FP32, ObjectiveConfig, OptimConfig
@@ -101,6 +102,25 @@ def test_bench_actor_reports_its_limits(capsys):
         assert {"inference_us_per_step", "env_us_per_step", "write_us_per_step",
                 "rss_mib_start", "rss_mib_end"} <= row.keys()
     assert rows[1]["num_envs"] == 4 and rows[1]["batch_size"] == 2
+
+
+def test_bench_multigame_actor_compares_per_game_and_mixed_actors(capsys):
+    bench_multigame_actor.main([
+        "--seconds=0.2", "--rounds=1", "--set=multigame.games=Pong-v5,Freeway-v5",
+        "--set=multigame.online_envs=1", "--set=multigame.num_return_samples=2",
+        "--set=model.n_layer=1", "--set=model.embed_dim=32", "--set=model.ffn_dim=64"])
+    *rows, summary = _rows(capsys)
+    assert [r["layout"] for r in rows] == ["per_game", "mixed"]
+    for row in rows:
+        assert row["transitions"] > 0
+        assert row["env_steps_per_s"] == pytest.approx(row["transitions"] / row["seconds"],
+                                                       rel=0.02)
+    # Two games of one env: two forward passes per two env steps, or one.
+    assert [r["forwards_per_env_step"] for r in rows] == [1.0, 0.5]
+    assert summary["mixed_over_per_game"] == pytest.approx(
+        rows[1]["env_steps_per_s"] / rows[0]["env_steps_per_s"], rel=0.01)
+    with pytest.raises(SystemExit, match="needs a preset of the 'multi_game' pipeline"):
+        bench_multigame_actor.main(["--preset=quickstart"])
 
 
 def test_bench_replay_reports_wait_fraction(capsys):
