@@ -425,8 +425,17 @@ class MixedGameEnv:
                                          "truncated", "is_reset")))
 
     def close(self) -> None:
-        for env in self.envs:
-            env.close()
+        """Close every game's envs, each even if closing another raised."""
+        _close_all(self.envs)
+
+
+def _close_all(envs) -> None:
+    """Close each of `envs` (anything with `close`), the rest even if one raises."""
+    if envs:
+        try:
+            envs[0].close()
+        finally:
+            _close_all(envs[1:])
 
 
 class GamePlayer:
@@ -446,9 +455,9 @@ class GamePlayer:
         self.policy = policy
         self.generator = generator
         local = getattr(env, "games", np.zeros(env.num_envs, np.int64))
-        if local.max() >= len(games):
-            raise ValueError(f"games={list(games)} gives {len(games)} game indices for an "
-                             f"env of {local.max() + 1} games")
+        if len(games) != local.max() + 1 or min(games) < 0:
+            raise ValueError(f"games={list(games)} must give one game index >= 0 for each "
+                             f"of the env's {local.max() + 1} games")
         self.games = np.asarray(games, np.int64)[local]  # (num_envs,) each env's game
         self.frames: np.ndarray | None = None
         self.buffers: EpisodeBuffers | None = None
@@ -495,13 +504,12 @@ def online_player(cfg, model, games: Sequence[int], seeds: Sequence[int],
     try:
         for g, seed in zip(games, seeds, strict=True):
             envs.append(VectorEnv(mg.games[g], mg.online_envs, seed, options=env_options(cfg)))
+        env = envs[0] if len(envs) == 1 else MixedGameEnv(envs)
+        policy = MultiGamePolicy(model, env.num_envs, mode="expert", **policy_settings(cfg))
+        return GamePlayer(env, policy, generator, games)
     except BaseException:
-        for env in envs:
-            env.close()
+        _close_all(envs)
         raise
-    env = envs[0] if len(envs) == 1 else MixedGameEnv(envs)
-    policy = MultiGamePolicy(model, env.num_envs, mode="expert", **policy_settings(cfg))
-    return GamePlayer(env, policy, generator, games)
 
 
 def _checked_actions(actions, n: int, num_actions: int, tag: str) -> np.ndarray:

@@ -1,16 +1,17 @@
 """Env steps/s of the multi-game online actor: one actor per game against one actor
 whose batch mixes every game (`multigame.mix_games`), side by side in rounds.
 
-Both layouts are built as the online stage builds them (`actors.multigame.online_player`:
-`multigame.online_envs` envpool environments per game, expert-action inference with
-sampled actions, the same seeds) around one model on one torch thread, as an actor
-process runs. Per round, each layout plays for --seconds: the per-game actors take
-turns, each playing `online_envs` x 8 steps at a time (an actor process's chunk), and
-the mixed actor plays chunks of 8 steps of all its environments, one forward pass per
-step for all games. Nothing is written to a replay table: this is acting alone.
-Prints one JSON line per round and layout (transitions, seconds, env steps/s, the
-forward passes per env step), then one JSON object with each layout's median steps/s
-and mixed / per_game.
+Both layouts are built with the online stage's `actors.multigame.online_player`
+(`multigame.online_envs` envpool environments per game, seeded as the stage seeds them,
+expert-action inference with sampled actions; each player's sampling generator seeded
+with `seed`) around one model on one torch thread, as an actor process runs. Per
+round, each layout plays for --seconds, the two in alternating order from round to
+round: the per-game actors take turns, each playing 8 steps of its environments at a
+time (an actor process's chunk), and the mixed actor plays chunks of 8 steps of all
+its environments, one forward pass per step for all games. Nothing is written to a
+replay table: this is acting alone. Prints one JSON line per round and layout
+(transitions, seconds, env steps/s), then one JSON object with each layout's median
+steps/s and mixed / per_game.
 
     python -m bench.multigame_actor [--preset=mgdt-atari3] [--seconds=5] [--rounds=2]
         [--checkpoint=runs/<run>/pretrain/checkpoint.pt] [--set=multigame.online_envs=8]
@@ -35,20 +36,17 @@ from launch.multigame import game_seed
 LAYOUTS = ("per_game", "mixed")
 
 
-def players(cfg, model, layout: str) -> list:
-    """The online actors of `layout`: one `GamePlayer` per game, or one for all."""
+def measure(cfg, model, layout: str, seconds: float) -> dict:
+    """Build `layout`'s actors (one `GamePlayer` per game, or one for all), play each
+    one step of its environments to warm up, then play them in turn for `seconds`; the
+    transitions, the seconds and env steps/s."""
     indices = list(range(len(cfg.multigame.games)))
     groups = [indices] if layout == "mixed" else [[g] for g in indices]
-    return [online_player(cfg, model, group, [game_seed(cfg, g) for g in group],
-                          torch.Generator().manual_seed(cfg.seed))
-            for group in groups]
-
-
-def measure(cfg, model, layout: str, seconds: float) -> dict:
-    """Play `layout`'s actors in turn for `seconds` after one warm-up chunk each; the
-    transitions, the seconds and env steps/s."""
-    built = players(cfg, model, layout)
+    built = []
     try:
+        for group in groups:
+            built.append(online_player(cfg, model, group, [game_seed(cfg, g) for g in group],
+                                       torch.Generator().manual_seed(cfg.seed)))
         for player in built:
             player.play(player.env.num_envs)
         taken, start = 0, time.perf_counter()
@@ -59,10 +57,8 @@ def measure(cfg, model, layout: str, seconds: float) -> dict:
     finally:
         for player in built:
             player.close()
-    per_step = len(built) / (cfg.multigame.online_envs * len(cfg.multigame.games))
-    return {"layout": layout, "transitions": taken, "seconds": round(elapsed, 2),
-            "env_steps_per_s": round(taken / elapsed, 1),
-            "forwards_per_env_step": round(per_step, 4)}
+    return {"layout": layout, "actors": len(built), "transitions": taken,
+            "seconds": round(elapsed, 3), "env_steps_per_s": round(taken / elapsed, 1)}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -96,7 +92,7 @@ def main(argv: list[str] | None = None) -> None:
     model.eval()
     rates = {layout: [] for layout in LAYOUTS}
     for round_ in range(args.rounds):
-        for layout in LAYOUTS:
+        for layout in LAYOUTS[::-1] if round_ % 2 else LAYOUTS:
             row = measure(cfg, model, layout, args.seconds)
             rates[layout].append(row["env_steps_per_s"])
             print(json.dumps({"round": round_, **row}), flush=True)

@@ -82,7 +82,7 @@ class GameResult:
     online_returns: dict[str, np.ndarray] = field(default_factory=dict)
     """The evaluation returns per mode after online fine-tuning (empty without it)."""
     actor_returns: list[float] = field(default_factory=list)
-    """The returns of the episodes the game's actor played while fine-tuning."""
+    """The returns of the game's episodes its actor played while fine-tuning."""
 
     def figures(self) -> dict:
         out = {"dataset_mean_return": float(self.dataset_returns.mean()),

@@ -215,9 +215,10 @@ class MultiGameConfig:
     """Online fine-tuning budget in environment steps, all games together; 0 skips the
     online stage."""
     online_envs: int = 4
-    """Environments of each game's actor while fine-tuning."""
+    """Environments per game while fine-tuning (a mixed actor holds this many of each
+    game)."""
     online_round_steps: int = 500
-    """Turn-taking: steps each game's actor plays with the newest weights before the
+    """Turn-taking: steps per game each actor plays with the newest weights before the
     learner's turn. With actor processes: how often (in env steps, all games) the
     stage's progress is written to TensorBoard."""
     replay_capacity_steps: int = 200_000

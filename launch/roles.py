@@ -444,8 +444,13 @@ def multigame_actor_role(cfg, checkpoint: str, address: str, spec: ReplaySpec, a
     names = "+".join(mg.games[g] for g in games)
     model, _ = load_policy(checkpoint)
     player = online_player(cfg, model, games, seeds, torch.Generator().manual_seed(seeds[0]))
-    puller = ParamsPuller(address, expected_params(model), interval_s=cfg.actor.params_interval_s)
-    puller.start()
+    try:
+        puller = ParamsPuller(address, expected_params(model),
+                              interval_s=cfg.actor.params_interval_s)
+        puller.start()
+    except BaseException:
+        player.close()
+        raise
     taken, weights_step = 0, -1
 
     def newest_weights() -> None:

@@ -1,9 +1,9 @@
 """The multi-game pipeline (`launch.main --preset=mgdt-atari3`, `launch.multigame`) end to
 end at a tiny size: real envpool Atari for two games, the multi-game dataset, one MGDT
 pretrained on both, per-game evaluation in both modes with human-normalized scores,
-then online fine-tuning through a real Reverb server with one actor per game, and the
-evaluation again. Whether the model plays well is a benchmark's question, not this
-test's."""
+then online fine-tuning through a real Reverb server with one actor per game (or one
+for both), and the evaluation again. Whether the model plays well is a benchmark's
+question, not this test's."""
 
 from __future__ import annotations
 
