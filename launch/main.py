@@ -119,10 +119,13 @@ def _multi_game(cfg, start: float) -> None:
     rows = [("preset", cfg.name),
             ("pretraining", f"{trained.updates} updates, {trained.updates_per_s:.1f} updates/s")]
     if online:
+        actors = "one actor for all games" if cfg.multigame.mix_games else "an actor per game"
+        where = "in processes" if cfg.multigame.actor_processes else "taking turns"
         rows.append(("fine-tuning", f"{online['env_steps']} env steps "
                                     f"({online['env_steps_per_s']:.0f}/s acting), "
                                     f"{online['updates']} updates "
-                                    f"({online['updates_per_s']:.1f}/s learning)"))
+                                    f"({online['updates_per_s']:.1f}/s learning); "
+                                    f"{actors}, {where}"))
     for game, result in results.items():
         f = result.figures()
         rows.append((game, f"data mean {f['dataset_mean_return']:.1f} (best "

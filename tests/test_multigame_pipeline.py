@@ -80,7 +80,7 @@ def test_online_fine_tuning_plays_every_game_and_trains_on_their_windows(run):
     # 40-step episodes: the learner's turns run ahead of the finished episodes.
     assert 400 <= online["env_steps"] < 400 + 2 * 21
     assert online["updates"] == int(online["env_steps"] * 0.05)
-    assert online["actors"] == 2
+    assert online["actors"] == 2 and "an actor per game, taking turns" in stdout
     data_steps = sum(t.episode.length for episodes in load_multigame(run_dir / "data").values()
                      for t in episodes)
     assert online["preloaded_steps"] == data_steps
@@ -142,6 +142,7 @@ def test_online_fine_tuning_with_an_actor_process_per_game(tmp_path):
     report = json.loads((run_dir / "multigame.json").read_text())
     online = report["online"]
     assert online["actor_processes"] is True and online["actors"] == 2
+    assert "an actor per game, in processes" in proc.stdout
     # Each game's actor plays its half of the 400 steps, in chunks of 2 envs x 8 steps.
     assert 400 <= online["env_steps"] < 400 + 2 * 16
     assert online["updates"] == int(online["env_steps"] * 0.05)
