@@ -26,12 +26,13 @@ import argparse
 import json
 import statistics
 import time
+from dataclasses import replace
 
 import torch
 
 from actors.multigame import online_player
 from bench import pipeline_preset
-from launch.multigame import game_seed
+from launch.multigame import actor_games, game_seed
 
 LAYOUTS = ("per_game", "mixed")
 
@@ -40,11 +41,10 @@ def measure(cfg, model, layout: str, seconds: float) -> dict:
     """Build `layout`'s actors (one `GamePlayer` per game, or one for all), play each
     one step of its environments to warm up, then play them in turn for `seconds`; the
     transitions, the seconds and env steps/s."""
-    indices = list(range(len(cfg.multigame.games)))
-    groups = [indices] if layout == "mixed" else [[g] for g in indices]
+    layout_cfg = replace(cfg, multigame=replace(cfg.multigame, mix_games=layout == "mixed"))
     built = []
     try:
-        for group in groups:
+        for group in actor_games(layout_cfg):
             built.append(online_player(cfg, model, group, [game_seed(cfg, g) for g in group],
                                        torch.Generator().manual_seed(cfg.seed)))
         for player in built:
