@@ -53,7 +53,7 @@ import torch
 
 from actors.envs import VectorEnv
 from actors.multigame import env_options, policy_settings, record_games
-from launch.supervisor import rss_mib
+from launch.supervisor import role_context, rss_mib
 from learner.checkpoint import save_checkpoint
 from learner.pretrain import PretrainResult, train_offline
 from learner.tensorboard import SummaryWriter
@@ -470,7 +470,6 @@ def _learn_beside_actor_processes(online: _Online, checkpoint: Path) -> None:
     `online_spec`'s slack. Ends when every actor has played its share and the learner
     has made the updates due. An actor that fails stops the stage with RuntimeError,
     its traceback in this process's stderr; every actor is stopped and joined."""
-    import multiprocessing as mp
     import queue
 
     from launch.roles import multigame_actor_role
@@ -479,7 +478,7 @@ def _learn_beside_actor_processes(online: _Online, checkpoint: Path) -> None:
     from replay.tables import as_client
 
     cfg, mg = online.cfg, online.cfg.multigame
-    context = mp.get_context("spawn")
+    context = role_context()
     stop, reports = context.Event(), context.Queue()
     groups = actor_games(cfg)
     actors = [context.Process(

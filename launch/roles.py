@@ -1,7 +1,8 @@
 """The process roles of a fine-tuning run: replay, learner, actor, evaluator.
 
-Each `*_role` function is the body of one OS process (started with `spawn`); they
-talk only through the Reverb server at `address` (experience in, weights out), so
+Each `*_role` function is the body of one OS process (on one host, forked from a
+server process that has imported what the roles use: `launch.supervisor.role_context`);
+they talk only through the Reverb server at `address` (experience in, weights out), so
 the same functions run on one host or on many. Stopping is cooperative: each role
 watches its `stop` event and finishes what it is doing (the learner writes a final
 checkpoint and publishes its last weights).

@@ -39,9 +39,16 @@ ONLINE_OBJECTIVES = [kind for kind in OBJECTIVES if get_objective(kind).online
 
 
 def role_processes(parent: psutil.Process) -> list[psutil.Process]:
-    """Children started by the launcher (multiprocessing's own resource tracker aside)."""
-    return [p for p in parent.children(recursive=True)
-            if any("spawn_main" in part for part in p.cmdline())]
+    """Role processes started by the launcher: the children of the forkserver they fork
+    from (`launch.supervisor.role_context`), which is itself a child of `parent`."""
+    roles = []
+    for process in parent.children(recursive=True):
+        try:
+            if process.ppid() != parent.pid and "forkserver" in " ".join(process.cmdline()):
+                roles.append(process)
+        except psutil.NoSuchProcess:
+            pass
+    return roles
 
 
 @pytest.fixture(scope="module")
@@ -74,6 +81,7 @@ def test_local_run_with_two_actors_finishes_and_logs(local_runs, kind):
     # launch.local started the run program's roles, no more and no fewer.
     started = json.loads((tmp_path / "processes.json").read_text())
     assert set(started) == {role.name for role in run_roles(cfg.actor.num_actors)}
+    assert not [name for name, role in started.items() if psutil.pid_exists(role["pid"])]
     assert summary.env_steps >= cfg.finetune.env_steps
     assert summary.updates > 0
     assert np.isfinite(summary.final_return)
