@@ -32,6 +32,8 @@ from replay.tables import (
 # isort: on
 import json
 import os
+import queue
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -166,26 +168,78 @@ def replay_role(cfg, env_info: dict, dataset_path: str | None, port: int, ready,
 # ---- learner ---------------------------------------------------------------------
 
 
-def _batches_until(address, spec, batch_size, stop):
-    """Window batches; the dataset ends after 1 s without samples, so `stop` is seen.
+class _StreamReader(threading.Thread):
+    """Reads `batches` in a daemon thread into a queue of 2; what ends the stream (an
+    exception, or `_STREAM_END`) is queued too. Stops handing on once `done` is set."""
 
-    Ends when the replay server stops answering, so the learner still writes its
-    final checkpoint.
+    def __init__(self, batches):
+        super().__init__(name="learner-stream", daemon=True)
+        self.batches = batches
+        self.queue: queue.Queue = queue.Queue(maxsize=2)
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        try:
+            for batch in self.batches:
+                if not self._put(batch):
+                    return
+            self._put(_STREAM_END)
+        except BaseException as error:  # handed to the learner's thread, which raises it
+            self._put(error)
+
+    def _put(self, item) -> bool:
+        while not self.done.is_set():
+            try:
+                self.queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                pass
+        return False
+
+
+_STREAM_END = object()
+
+
+def _batches_until(address, spec, batch_size, stop):
+    """Window batches until `stop` is set, seen within 0.1 s, or the replay server is
+    gone (so the learner still writes its final checkpoint).
+
+    A daemon thread (`_StreamReader`) reads the table's stream, which waits on the rate
+    limiter as long as it takes, and this generator hands its batches on while it
+    watches `stop`. The stream is not ended at a stop: ending a TF iterator joins its
+    Reverb sampler, which waits for the samples it has in flight, and once the actors
+    have stopped the rate limiter held those for up to ~50 s (the learner's stop took
+    that long when its stream ended on a 1 s rate-limiter timeout). The reader is left
+    waiting; a role process ends with os._exit, and inline the replay server stops next.
     """
     from replay.stream import STREAM_ERRORS
     from replay.tables import wait_for_server
 
     while not stop.is_set():
+        reader = _StreamReader(item_format(spec.item_format).batches(address, spec, batch_size))
+        reader.start()
         try:
-            yield from item_format(spec.item_format).batches(
-                address, spec, batch_size, rate_limiter_timeout_ms=1000)
-        except STREAM_ERRORS as error:
-            try:
-                wait_for_server(address, timeout_s=5)
-            except ReplayUnavailable:
-                print(f"learner: replay server at {address} is gone ({error}); stopping",
-                      flush=True)
+            while not stop.is_set():
+                try:
+                    item = reader.queue.get(timeout=0.1)
+                except queue.Empty:
+                    continue
+                if item is _STREAM_END or isinstance(item, STREAM_ERRORS):
+                    break
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+            else:
                 return
+        finally:
+            reader.done.set()
+        try:
+            wait_for_server(address, timeout_s=5)
+        except ReplayUnavailable:
+            reason = "its stream ended" if item is _STREAM_END else item
+            print(f"learner: replay server at {address} is gone ({reason}); stopping",
+                  flush=True)
+            return
 
 
 def learner_role(cfg, paths: RunPaths, address: str, spec: ReplaySpec, stop) -> None:
