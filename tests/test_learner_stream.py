@@ -29,22 +29,30 @@ class FakeFormat:
 
 @pytest.fixture
 def stream(monkeypatch):
+    """make(batches, error) -> (fake format, stop event, the learner's batches); every
+    fake stream still waiting is released at teardown, so no reader thread outlives
+    its test."""
+    fakes = []
+
     def make(batches, error=None):
         fake = FakeFormat(batches, error)
+        fakes.append(fake)
         monkeypatch.setattr(roles, "item_format", lambda key: fake)
         stop = threading.Event()
         spec = SimpleNamespace(item_format="fake")
         return fake, stop, roles._batches_until("localhost:1", spec, 2, stop)
-    return make
+
+    yield make
+    for fake in fakes:
+        fake.release.set()
 
 
 def test_a_stop_ends_the_batches_while_the_stream_waits(stream):
-    fake, stop, batches = stream([{"x": 1}, {"x": 2}])
+    _, stop, batches = stream([{"x": 1}, {"x": 2}])
     assert [next(batches), next(batches)] == [{"x": 1}, {"x": 2}]
     # The stream now waits for ever; the stop must end the batches all the same.
     threading.Timer(0.3, stop.set).start()
     assert next(batches, None) is None
-    fake.release.set()
 
 
 def test_an_error_in_the_stream_reaches_the_learner(stream):
