@@ -163,9 +163,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--env_steps", type=int, default=200)
     parser.add_argument("--pretrain_updates", type=int, default=100)
     parser.add_argument("--tolerance_steps", type=float, default=50.0,
-                        help="replay.tolerance_steps of the distributed run: the preset's "
-                             "1000 lets actors finish a short budget 1000 steps ahead of "
-                             "the learner, with that many fewer updates than serial makes")
+                        help="replay.tolerance_steps of the distributed and inline runs: "
+                             "how far actors may run ahead of the learner (which makes "
+                             "the updates owed after the actors stop at the budget)")
     parser.add_argument("--eval_episodes", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=None, help="run folder; default: a temporary one")

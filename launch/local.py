@@ -45,7 +45,7 @@ from launch.flags import (
     resolve_config,
     run_main,
 )
-from launch.program import run_roles, stop_order
+from launch.program import run_roles, samples_per_insert, stop_order
 from launch.runs import (
     FinetuneSummary,
     env_info,
@@ -54,6 +54,7 @@ from launch.runs import (
     resume_hint,
     resume_run,
     start_run,
+    wait_for_owed_updates,
     watch_budget,
 )
 from launch.supervisor import (
@@ -144,6 +145,12 @@ def run_inline(cfg, checkpoint: str | Path, run_dir: Path, *, dataset_path: str 
                 start(role.name, roles.worker_role, role, cfg, paths, address, spec,
                       stops[role.name], 0, False)
             watch_budget(address, preload_items, cfg.finetune.env_steps, status, check)
+            for role in program:
+                if role.kind in ("actor", "evaluator"):
+                    stops[role.name].set()
+                    threads[role.name].join(120)
+            wait_for_owed_updates(address, preload_items, samples_per_insert(cfg), check,
+                                  status)
         except StopSignal as sig:
             stop_in_order(30)  # the learner writes its final checkpoints
             name = signal.Signals(sig.signum).name
@@ -207,6 +214,9 @@ def run_local(cfg, checkpoint: str | Path, run_dir: Path, *, dataset_path: str |
                           lambda: sum(r.restarts for r in sup.roles.values()))
             stop_acting.set()
             _join_or_kill_actors(sup, 15)
+            # check_fatal, not poll: the actors stopped (or killed) above stay stopped.
+            wait_for_owed_updates(address, preload_items, samples_per_insert(cfg),
+                                  sup.check_fatal, status)
             stop_learner.set()
             sup.join(["learner"], timeout=120)
             if sup.alive("learner"):

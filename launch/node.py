@@ -17,7 +17,9 @@ on the replay host, which preloads it).
 
 Roles other than replay wait up to --replay_wait_s for the server, read the number
 of preloaded windows from it, wait for the preload to finish, then run until the
-environment-step budget (--env_steps) is reached or they are stopped. The replay
+environment-step budget (--env_steps) is reached or they are stopped; the learner
+goes on past the budget until it has taken the samples those steps owe it
+(`launch.runs.wait_for_owed_updates`) while the actors stop at it. The replay
 role runs until it is stopped. The learner, actors and evaluator write under
 --logdir/<role> (actors under actor_<id>; the learner also writes config.json), and
 refuse a role directory that already holds files; the replay role writes nothing.
@@ -55,7 +57,7 @@ from launch.flags import (
     resolve_config,
     run_main,
 )
-from launch.program import ROLE_KINDS, Role, env_steps
+from launch.program import ROLE_KINDS, Role, env_steps, samples_per_insert
 
 STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 EXIT_FORCED = 3
@@ -141,24 +143,34 @@ class StopOnSignal:
 
 
 def stop_at_budget(env_steps: Callable[[], int], budget: int, stop: threading.Event,
-                   log: Log, interval_s: float = 2.0) -> None:
+                   log: Log, interval_s: float = 2.0,
+                   owed: Callable[[], float] | None = None) -> None:
     """Set `stop` once `env_steps()` reaches `budget` (run in a daemon thread).
 
     Every role watches the budget itself, so a run on many hosts ends without a
-    coordinator. A failing count (the replay server went away) is logged once and
-    retried: the role's own calls to the server report that failure.
+    coordinator. With `owed` (the learner's: the samples its run's environment steps
+    still owe it), `stop` waits past the budget until `owed()` is at most 0, so the
+    learner makes its updates per environment step once the actors have stopped
+    (`launch.runs.wait_for_owed_updates`). A failing count (the replay server went
+    away) is logged once and retried: the role's own calls to the server report that
+    failure.
     """
-    failing = False
+    failing = reached = False
     while not stop.wait(interval_s):
         try:
             steps = env_steps()
+            remaining = owed() if owed is not None and steps >= budget else 0
         except Exception as error:  # noqa: BLE001 - keep watching; the role reports it
             if not failing:
                 log(f"cannot read the environment-step count ({error}); retrying")
             failing = True
             continue
         failing = False
-        if steps >= budget:
+        if steps >= budget and remaining > 0 and not reached:
+            log(f"environment-step budget reached ({steps} >= {budget}); learning on "
+                f"until the {remaining:.0f} samples these steps still owe are taken")
+            reached = True
+        elif steps >= budget and remaining <= 0:
             log(f"environment-step budget reached ({steps} >= {budget}); stopping")
             stop.set()
             return
@@ -241,10 +253,16 @@ def run_worker(role: Role, cfg, paths, address: str, wait_s: float,
         return
     say(f"connected to {address} ({preload} preloaded windows); running until "
         f"{cfg.finetune.env_steps} environment steps or a stop signal")
+
+    def owed() -> float:
+        counts = table_counts(client, EXPERIENCE_TABLE)
+        return env_steps(counts, preload) * samples_per_insert(cfg) - counts["samples"]
+
     threading.Thread(
         target=stop_at_budget, name="budget", daemon=True,
         args=(lambda: env_steps(table_counts(client, EXPERIENCE_TABLE), preload),
               cfg.finetune.env_steps, stop, say),
+        kwargs={"owed": owed if role.kind == "learner" else None},
     ).start()
     roles.worker_role(role, cfg, paths, address, spec, stop)
 

@@ -9,7 +9,8 @@ writes them into an sbatch script.
     roles = run_roles(cfg.actor.num_actors)      # in start order
     # start roles[0] (the replay server) and wait until it has preloaded, then the rest
     # poll until env_steps(table_counts(...), preload) >= cfg.finetune.env_steps
-    # stop in stop_order(roles)
+    # stop in stop_order(roles); before the learner's stop, wait until its samples
+    # reach env_steps x samples_per_insert(cfg) (`launch.runs.wait_for_owed_updates`)
 
 Role functions live in `launch.roles` (`replay_role`, and `worker_role` for the
 others); this module imports neither Reverb nor torch.
@@ -71,3 +72,10 @@ def env_steps(counts: Mapping[str, float], preload_items: int) -> int:
     """The run's environment steps: experience inserts minus the P preloaded offline
     windows (each real transition is one inserted window)."""
     return int(counts["inserts"] - preload_items)
+
+
+def samples_per_insert(cfg) -> float:
+    """Learner samples per environment step (the rate limiter's ratio):
+    `replay.updates_per_env_step` updates of `optim.batch_size` windows. Every DDP rank's
+    samples count, so G ranks make updates_per_env_step / G group updates per step."""
+    return cfg.replay.updates_per_env_step * cfg.optim.batch_size

@@ -35,8 +35,8 @@ from launch.flags import (
     resolve_config,
     run_main,
 )
-from launch.program import Role, run_roles
-from launch.runs import FinetuneSummary, final_summary, watch_budget
+from launch.program import Role, run_roles, samples_per_insert
+from launch.runs import FinetuneSummary, final_summary, wait_for_owed_updates, watch_budget
 from launch.supervisor import RoleDied
 
 
@@ -152,6 +152,7 @@ def run_ray(cfg, checkpoint: str | Path, run_dir: Path, *, address: str = "auto"
         watch_budget(replay_address, preload, cfg.finetune.env_steps, status, poll)
         workers = [role.name for role in program if role.restartable]
         ray.get([handles[n].stop.remote(30) for n in workers], timeout=60)
+        wait_for_owed_updates(replay_address, preload, samples_per_insert(cfg), poll, status)
         if not ray.get(handles["learner"].stop.remote(120), timeout=150):
             raise RunFailed("learner did not stop within 120 s")
     except ray.exceptions.RayActorError as exc:

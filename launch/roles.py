@@ -41,7 +41,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from launch.program import Role, env_steps
+from launch.program import Role, env_steps, samples_per_insert
 from learner.objectives import get_objective
 from learner.tensorboard import SummaryWriter, markdown_table
 
@@ -97,7 +97,7 @@ def replay_spec(cfg, env_info: dict, preload_items: int = 0) -> ReplaySpec:
         context_len=cfg.model.context_len,
         capacity_items=max(cfg.replay.capacity_trajectories * env_info["max_episode_steps"],
                            preload_items, 1),
-        samples_per_insert=cfg.replay.updates_per_env_step * cfg.optim.batch_size,
+        samples_per_insert=samples_per_insert(cfg),
         tolerance_steps=cfg.replay.tolerance_steps,
         preload_items=preload_items,
         item_format=cfg.replay.item_format,

@@ -3,8 +3,9 @@
 Before the roles start, `start_run` fits the config to the checkpoint
 (`fit_model_to_checkpoint`: the checkpoint defines the network, so the replay windows
 take its context length) and records what the run started from. While they run,
-`watch_budget` reads the replay server's counters until the environment-step budget.
-After them, `final_summary` evaluates the learner's last checkpoint. On `--resume`,
+`watch_budget` reads the replay server's counters until the environment-step budget;
+once the actors have stopped there, `wait_for_owed_updates` lets the learner make the
+updates those steps owe it. After them, `final_summary` evaluates the learner's last checkpoint. On `--resume`,
 `resume_run` reads the run directory back. `launch.local`, `launch.ray` and
 `launch.node` call these; none keeps a copy.
 """
@@ -182,6 +183,47 @@ def watch_budget(address: str, preload: int, budget: int, status: bool, poll,
     if status:
         print(file=sys.stderr)
     return steps
+
+
+def wait_for_owed_updates(address: str, preload: int, samples_per_insert: float, poll,
+                          status: bool, stall_s: float = 60.0) -> int:
+    """Once the actors have stopped at the budget: wait until the learner has sampled
+    the windows the run's environment steps owe it (`samples_per_insert` each), so a
+    run makes `replay.updates_per_env_step` updates per environment step however far
+    the rate limiter's tolerance let the actors run ahead of the learner (up to
+    `replay.tolerance_steps` steps' worth of updates). The rate limiter admits these
+    samples: they bring it back to its centre. The few batches the learner's stream
+    takes ahead of its updates count as sampled, so the learner may end that many
+    updates short.
+
+    `poll()` raises RoleDied when a role has died. Gives up, with a message, when the
+    sample count has not risen for `stall_s`. Returns the samples still owed (0 when
+    the learner caught up).
+    """
+    from replay.tables import EXPERIENCE_TABLE, as_client, table_counts
+
+    client = as_client(address)
+    last, last_rise = None, time.monotonic()
+    while True:
+        poll()
+        counts = table_counts(client, EXPERIENCE_TABLE)
+        owed = env_steps(counts, preload) * samples_per_insert
+        samples = counts["samples"]
+        if samples >= owed:
+            break
+        if last is None or samples > last:
+            last, last_rise = samples, time.monotonic()
+        elif time.monotonic() - last_rise > stall_s:
+            print(f"\nthe learner sampled nothing for {stall_s:g} s with {owed - samples:.0f} "
+                  "samples still owed; stopping it", file=sys.stderr, flush=True)
+            return int(owed - samples)
+        if status:
+            print(f"\rlearner catching up: samples {samples:.0f}/{owed:.0f}", end="",
+                  file=sys.stderr, flush=True)
+        time.sleep(0.5)
+    if status and last is not None:
+        print(file=sys.stderr)
+    return 0
 
 
 # Flags a resumed run may not change: it continues with its saved config.

@@ -314,6 +314,22 @@ def test_roles_stop_themselves_at_the_budget():
     assert stop.is_set() and "budget reached (100 >= 100)" in messages[-1]
 
 
+def test_the_learner_stops_past_the_budget_once_it_has_taken_the_samples_owed():
+    stop = threading.Event()
+    owed = iter([300.0, 120.0, 0.0, -5.0])
+    calls = []
+
+    def remaining():
+        calls.append(1)
+        return next(owed)
+
+    messages = []
+    stop_at_budget(lambda: 100, 100, stop, messages.append, interval_s=0.001, owed=remaining)
+    assert stop.is_set() and len(calls) == 3  # stopped at the first count with nothing owed
+    assert "300 samples these steps still owe" in messages[0]
+    assert "stopping" in messages[-1] and len(messages) == 2
+
+
 # ---- SLURM -----------------------------------------------------------------------
 
 
