@@ -5,9 +5,9 @@ Before the roles start, `start_run` fits the config to the checkpoint
 take its context length) and records what the run started from. While they run,
 `watch_budget` reads the replay server's counters until the environment-step budget;
 once the actors have stopped there, `wait_for_owed_updates` lets the learner make the
-updates those steps owe it. After them, `final_summary` evaluates the learner's last checkpoint. On `--resume`,
-`resume_run` reads the run directory back. `launch.local`, `launch.ray` and
-`launch.node` call these; none keeps a copy.
+updates those steps owe it. After them, `final_summary` evaluates the learner's last
+checkpoint. On `--resume`, `resume_run` reads the run directory back. `launch.local`,
+`launch.ray` and `launch.node` call these; none keeps a copy.
 """
 
 from __future__ import annotations
