@@ -32,7 +32,8 @@ class EnvConfig:
     """D4RL task id whose reference scores normalize evaluation returns, if any."""
     options: dict = field(default_factory=dict)
     """envpool task options by name, passed to `envpool.make_gymnasium` (checked by
-    `actors.envs.check_options`); empty keeps envpool's defaults. The Multi-Game
+    `actors.envs.check_options`) by the multi_game pipeline, the one that takes them
+    (`validate` refuses them elsewhere); empty keeps envpool's defaults. The Multi-Game
     Decision Transformer's Atari takes `actors.envs.MGDT_OPTIONS`: `stack_num=1` (one
     (1, 84, 84) frame per step) and `full_action_space=True` (Discrete(18) in every
     game). onramp's own task families (Dark Room) take none."""
@@ -514,6 +515,11 @@ def _pipeline_problems(cfg: RunConfig) -> list[str]:
     if cfg.pipeline == "multi_game":
         return _multigame_problems(cfg)
     problems = []
+    if cfg.env.options:
+        problems.append(f"env.options={cfg.env.options!r}: only the multi_game pipeline "
+                        f"makes its envs with envpool options; pipeline={cfg.pipeline!r} "
+                        f"collects, acts and evaluates on {cfg.env.env_id} with envpool's "
+                        "defaults")
     if cfg.objective.kind in OBJECTIVES:
         from learner.objectives import get_objective
 

@@ -245,6 +245,8 @@ def test_main_job_runs_the_offline_pipeline(tmp_path):
         (["--dataset=/nonexistent/x.hdf5"], "/nonexistent/x.hdf5: no such file"),
         (["--critic_pretrain_updates=-1"], "objective.critic_pretrain_updates=-1 must be >= 0"),
         (["--set=data.state_std_floor=-0.5"], "data.state_std_floor=-0.5 must be finite"),
+        (['--set=env.options={"frame_skip": 2}'],
+         "only the multi_game pipeline makes its envs with envpool options"),
     ],
 )
 @pytest.mark.slow
