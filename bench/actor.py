@@ -19,6 +19,7 @@ Every variant acts for --batch_size envs per forward pass, the limits' batch.
     python -m bench.actor [--env_id=InvertedPendulum-v4] [--batch_size=8]
         [--variants=lockstep_inline,lockstep_background,async_background]
         [--seconds=3] [--rounds=2] [--checkpoint=runs/<run>/pretrain/checkpoint.pt]
+        [--env_threads=0]
 
 Without --checkpoint the policy is freshly initialised, so episodes are as short as
 the task allows (InvertedPendulum: ~5 steps) and per-episode costs (K-1 padding
@@ -76,9 +77,10 @@ def unlimited_spec(observation_shape, action_shape, context_len: int) -> ReplayS
                       capacity_items=200_000, samples_per_insert=1.0, tolerance_steps=1e12)
 
 
-def env_limit(env_id: str, num_envs: int, batch_size: int, seconds: float, seed: int):
+def env_limit(env_id: str, num_envs: int, batch_size: int, seconds: float, seed: int,
+              options: dict | None = None):
     """(transitions, seconds) of envpool send/recv stepping with random actions."""
-    env = VectorEnv(env_id, num_envs, seed, batch_size)
+    env = VectorEnv(env_id, num_envs, seed, batch_size, options=options)
     rng = np.random.default_rng(seed)
     env.start()
     steps, start = 0, time.perf_counter()
@@ -142,6 +144,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--checkpoint", default=None,
                         help="act with this checkpoint's policy (objective's head) instead "
                              "of a freshly initialised one")
+    parser.add_argument("--env_threads", type=int, default=0,
+                        help="envpool's num_threads for the actor and the env limit; 0: "
+                             "envpool's default (a worker thread per core: 2 on 2 cores)")
     parser.add_argument("--server", choices=("process", "thread"), default="process",
                         help="where the Reverb server runs: a child process (as in a run) "
                              "or a thread of this one (quicker to start, shares this CPU)")
@@ -175,6 +180,7 @@ def main(argv: list[str] | None = None) -> None:
     else:
         in_process = start_server(replay_spec)
         address = f"localhost:{in_process.port}"
+    env_options = {"num_threads": args.env_threads} if args.env_threads else None
     chunk = args.seconds / args.rounds
     results = {name: {"actor": [0, 0.0], "env": [0, 0.0], "inference": [0, 0.0]}
                for name in names}
@@ -190,7 +196,7 @@ def main(argv: list[str] | None = None) -> None:
                 batch, num_envs = args.batch_size, args.batch_size * groups
                 seed = 1000 * round_ + 10 * i
                 timed, sink = sinks[name]
-                env = VectorEnv(env_id, num_envs, seed, batch)
+                env = VectorEnv(env_id, num_envs, seed, batch, options=env_options)
                 actor = Actor(env, policy, sink, target_return=cfg.online_target_return,
                               context_len=cfg.eval.context_len)
                 if name in stats:
@@ -203,7 +209,7 @@ def main(argv: list[str] | None = None) -> None:
                 env.close()
                 stats[name] = actor.stats
                 results[name]["actor"][1] += elapsed
-                n, s = env_limit(env_id, num_envs, batch, chunk, seed)
+                n, s = env_limit(env_id, num_envs, batch, chunk, seed, env_options)
                 results[name]["env"][0] += n
                 results[name]["env"][1] += s
                 n, s = inference_limit(policy, spec, cfg.eval.context_len, batch, chunk)
@@ -256,6 +262,7 @@ def main(argv: list[str] | None = None) -> None:
             "peak_rss_mib": round(peak_rss_mib(), 1),
             "replay_inserts": counts["inserts"],
             "server": args.server,
+            "env_threads": args.env_threads,
             "policy": args.checkpoint or "untrained",
         }), flush=True)
 
