@@ -36,7 +36,12 @@ from launch.flags import (
     run_main,
 )
 from launch.program import Role, run_roles, samples_per_insert
-from launch.runs import FinetuneSummary, final_summary, wait_for_owed_updates, watch_budget
+from launch.runs import (
+    FinetuneSummary,
+    final_summary,
+    wait_for_owed_updates,
+    watch_budget,
+)
 from launch.supervisor import RoleDied
 
 
