@@ -62,8 +62,9 @@ def stop_order(roles: Sequence[Role]) -> tuple[Role, ...]:
     """The order to stop `roles` in: actors and the evaluator first, while the learner
     still samples, so inserts the rate limiter holds are admitted (an actor's held
     write also gives up at its stop, `actors.actor.BackgroundSink`; stopped before
-    the actors, the learner of an inline run once took 37 s); then the learner; the
-    replay server last."""
+    the actors, the learner of an inline run once took 37 s); then the learner (at the
+    budget, once it has taken the samples the steps owe,
+    `launch.runs.wait_for_owed_updates`); the replay server last."""
     rank = {"actor": 0, "evaluator": 0, "learner": 1, "replay": 2}
     return tuple(sorted(roles, key=lambda role: rank[role.kind]))
 
