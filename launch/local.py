@@ -45,7 +45,7 @@ from launch.flags import (
     resolve_config,
     run_main,
 )
-from launch.program import run_roles, samples_per_insert, stop_order
+from launch.program import ROLE_KINDS, run_roles, samples_per_insert, stop_order
 from launch.runs import (
     FinetuneSummary,
     env_info,
@@ -114,9 +114,11 @@ def run_inline(cfg, checkpoint: str | Path, run_dir: Path, *, dataset_path: str 
         if failures:
             raise RoleDied(f"{', '.join(failures)} failed (traceback above)")
 
-    def stop_in_order(timeout_s: float) -> None:
-        """Stop each role in `stop_order`, waiting up to timeout_s for each."""
+    def stop_in_order(timeout_s: float, kinds=ROLE_KINDS) -> None:
+        """Stop each role of `kinds` in `stop_order`, waiting up to timeout_s for each."""
         for role in stop_order(program):
+            if role.kind not in kinds:
+                continue
             stops[role.name].set()
             if role.name in threads:
                 threads[role.name].join(timeout_s)
@@ -145,10 +147,7 @@ def run_inline(cfg, checkpoint: str | Path, run_dir: Path, *, dataset_path: str 
                 start(role.name, roles.worker_role, role, cfg, paths, address, spec,
                       stops[role.name], 0, False)
             watch_budget(address, preload_items, cfg.finetune.env_steps, status, check)
-            for role in program:
-                if role.kind in ("actor", "evaluator"):
-                    stops[role.name].set()
-                    threads[role.name].join(120)
+            stop_in_order(120, kinds=("actor", "evaluator"))
             wait_for_owed_updates(address, preload_items, samples_per_insert(cfg), check,
                                   status)
         except StopSignal as sig:

@@ -57,7 +57,7 @@ from launch.flags import (
     resolve_config,
     run_main,
 )
-from launch.program import ROLE_KINDS, Role, env_steps, samples_per_insert
+from launch.program import ROLE_KINDS, Role, env_steps, samples_owed, samples_per_insert
 
 STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 EXIT_FORCED = 3
@@ -255,8 +255,8 @@ def run_worker(role: Role, cfg, paths, address: str, wait_s: float,
         f"{cfg.finetune.env_steps} environment steps or a stop signal")
 
     def owed() -> float:
-        counts = table_counts(client, EXPERIENCE_TABLE)
-        return env_steps(counts, preload) * samples_per_insert(cfg) - counts["samples"]
+        return samples_owed(table_counts(client, EXPERIENCE_TABLE), preload,
+                            samples_per_insert(cfg))
 
     threading.Thread(
         target=stop_at_budget, name="budget", daemon=True,

@@ -80,3 +80,9 @@ def samples_per_insert(cfg) -> float:
     `replay.updates_per_env_step` updates of `optim.batch_size` windows. Every DDP rank's
     samples count, so G ranks make updates_per_env_step / G group updates per step."""
     return cfg.replay.updates_per_env_step * cfg.optim.batch_size
+
+
+def samples_owed(counts: Mapping[str, float], preload_items: int, spi: float) -> float:
+    """Learner samples the run's environment steps still entitle it to take:
+    `env_steps x spi` less the samples taken (<= 0 once the learner has caught up)."""
+    return env_steps(counts, preload_items) * spi - counts["samples"]

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from absl import flags
 
-from launch.program import env_steps
+from launch.program import env_steps, samples_owed
 from launch.supervisor import RoleDied
 
 
@@ -152,24 +152,14 @@ def watch_budget(address: str, preload: int, budget: int, status: bool, poll,
     """Read the replay server's counters every second until the env-step budget is
     reached; `poll()` raises RoleDied when a role has died (and restarts what may be);
     with `status`, a status line shows progress and `restarts()`."""
-    from replay.tables import (
-        EXPERIENCE_TABLE,
-        ReplayUnavailable,
-        as_client,
-        table_counts,
-    )
+    from replay.tables import as_client
 
     client = as_client(address)
     start = time.perf_counter()
     steps = first = None
     while steps is None or steps < budget:
         time.sleep(1.0)
-        poll()
-        try:
-            counts = table_counts(client, EXPERIENCE_TABLE)
-        except (ReplayUnavailable, RuntimeError):
-            poll()
-            raise RoleDied("the replay server stopped answering") from None
+        counts = _experience_counts(client, poll)
         steps = env_steps(counts, preload)
         first = steps if first is None else first
         if status:
@@ -186,7 +176,7 @@ def watch_budget(address: str, preload: int, budget: int, status: bool, poll,
 
 
 def wait_for_owed_updates(address: str, preload: int, samples_per_insert: float, poll,
-                          status: bool, stall_s: float = 60.0) -> int:
+                          status: bool, stall_s: float = 60.0) -> None:
     """Once the actors have stopped at the budget: wait until the learner has sampled
     the windows the run's environment steps owe it (`samples_per_insert` each), so a
     run makes `replay.updates_per_env_step` updates per environment step however far
@@ -196,34 +186,45 @@ def wait_for_owed_updates(address: str, preload: int, samples_per_insert: float,
     takes ahead of its updates count as sampled, so the learner may end that many
     updates short.
 
-    `poll()` raises RoleDied when a role has died. Gives up, with a message, when the
-    sample count has not risen for `stall_s`. Returns the samples still owed (0 when
-    the learner caught up).
+    `poll()` raises RoleDied when a role has died, as does a replay server that stops
+    answering. Gives up, with a message, when the sample count has not risen for
+    `stall_s`.
     """
-    from replay.tables import EXPERIENCE_TABLE, as_client, table_counts
+    from replay.tables import as_client
 
     client = as_client(address)
     last, last_rise = None, time.monotonic()
     while True:
-        poll()
-        counts = table_counts(client, EXPERIENCE_TABLE)
-        owed = env_steps(counts, preload) * samples_per_insert
-        samples = counts["samples"]
-        if samples >= owed:
+        counts = _experience_counts(client, poll)
+        owed = samples_owed(counts, preload, samples_per_insert)
+        if owed <= 0:
             break
+        samples = counts["samples"]
         if last is None or samples > last:
             last, last_rise = samples, time.monotonic()
         elif time.monotonic() - last_rise > stall_s:
-            print(f"\nthe learner sampled nothing for {stall_s:g} s with {owed - samples:.0f} "
-                  "samples still owed; stopping it", file=sys.stderr, flush=True)
-            return int(owed - samples)
+            print(f"\nthe learner sampled nothing for {stall_s:g} s with {owed:.0f} samples "
+                  "still owed; stopping it", file=sys.stderr, flush=True)
+            return
         if status:
-            print(f"\rlearner catching up: samples {samples:.0f}/{owed:.0f}", end="",
-                  file=sys.stderr, flush=True)
+            print(f"\rlearner catching up: samples {samples:.0f}/{samples + owed:.0f}",
+                  end="", file=sys.stderr, flush=True)
         time.sleep(0.5)
     if status and last is not None:
         print(file=sys.stderr)
-    return 0
+
+
+def _experience_counts(client, poll) -> dict[str, int]:
+    """`poll()`, then the experience table's counters; RoleDied when the replay server
+    stops answering (after another `poll()`, which names a role that died first)."""
+    from replay.tables import EXPERIENCE_TABLE, ReplayUnavailable, table_counts
+
+    poll()
+    try:
+        return table_counts(client, EXPERIENCE_TABLE)
+    except (ReplayUnavailable, RuntimeError):
+        poll()
+        raise RoleDied("the replay server stopped answering") from None
 
 
 # Flags a resumed run may not change: it continues with its saved config.

@@ -53,8 +53,9 @@ def role_processes(parent: psutil.Process) -> list[psutil.Process]:
 
 STREAM_AHEAD_BATCHES = 8
 """Batches a learner's stream may have sampled beyond its updates when it stops: Reverb's
-in-flight samples (2 batches), tf.data's prefetch (2), the reader's queue (2) and the
-batch being handed over."""
+in-flight samples (2 batches), tf.data's prefetch (2), the reader's queue (2), the batch
+the reader holds while that queue is full, and the batch being handed over. The stop
+comes at least 0.5 s after the samples are owed, in which the learner uses some."""
 
 
 def assert_owed_updates_made(cfg, summary) -> None:
