@@ -348,14 +348,17 @@ def test_a_registered_model_is_built_from_its_key():
 
 @pytest.mark.parametrize("policy", ["gaussian", "deterministic"])
 @pytest.mark.parametrize("n_layer", [1, 3])
-def test_act_gives_the_newest_steps_output_of_the_full_forward(policy, n_layer):
+@pytest.mark.parametrize("padded", [True, False])
+def test_act_gives_the_newest_steps_output_of_the_full_forward(policy, n_layer, padded):
     """The acting path (newest action placeholder dropped, the last block at the newest
-    state token alone) equals the full forward's last position, left padding included,
-    and its output does not depend on that placeholder."""
+    state token alone, explicit attention with an additive bias) equals the full
+    forward's last position, with left padding (a bias per row) and without (the cached
+    causal bias), and its output does not depend on that placeholder."""
     model = tiny_model(head=policy, n_layer=n_layer, use_timestep_embedding=True)
     inputs = random_inputs(B=4, T=K)
-    inputs["mask"][0, :4] = 0.0  # a fresh episode: one real step
-    inputs["mask"][1, :2] = 0.0
+    if padded:
+        inputs["mask"][0, :4] = 0.0  # a fresh episode: one real step
+        inputs["mask"][1, :2] = 0.0
     for name in ("states", "actions", "returns_to_go", "timesteps"):
         value = inputs[name]
         inputs[name] = value * inputs["mask"].reshape(4, K, *([1] * (value.ndim - 2))).to(
