@@ -3,8 +3,9 @@
 From one pretrained quickstart checkpoint (recorded dataset + short pretraining),
 four ways to reach the same environment-step budget:
 - distributed: `launch.local.run_local`, the replay server, learner, actors and
-  evaluator as processes (wall time from the call to its return, and the learner's
-  own update-loop time, read from its TensorBoard events);
+  evaluator as processes (wall time from the call to its return, the learner's own
+  update-loop time, read from its TensorBoard events, and each role's CPU seconds,
+  read from /proc while it runs);
 - inline: `launch.local.run_inline`, the same roles as threads of this process (one
   actor);
 - floor: the learner alone making the distributed run's number of updates on
@@ -30,6 +31,7 @@ from replay import _reverb  # noqa: F401  (reverb/TF before torch)
 import argparse
 import json
 import tempfile
+import threading
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -41,11 +43,12 @@ from actors.context import BatchedPolicy, ContextBuffer
 from actors.envs import VectorEnv, env_spec
 from actors.evaluate import evaluate
 from bench.learner import peak_rss_mib
+from bench.memory import read_pids
 from launch.flags import apply_setting
 from launch.local import run_inline, run_local
 from launch.pipeline import obtain_dataset, pretrain, save_config
 from launch.presets import get_preset
-from launch.supervisor import rss_mib
+from launch.supervisor import cpu_seconds, rss_mib
 from learner.checkpoint import load_checkpoint
 from learner.device import to_device
 from learner.finetune import learner_from_checkpoint
@@ -139,12 +142,56 @@ def serial(cfg, checkpoint, preload) -> dict:
             "eval_return": final_eval(cfg, learner.model)}
 
 
+class RoleCpu:
+    """CPU seconds of each role process of a run in `run_dir`, while it runs.
+
+    A thread reads the pids from the run's processes.json and each one's CPU time
+    (`launch.supervisor.cpu_seconds`) every `interval_s`; `stop` returns role -> CPU
+    seconds, summed over the pids a restarted role had. A process's figure is its
+    last reading before it exited, so up to `interval_s` of its CPU time is missed.
+    A run without role processes (`run_inline`) gives {}. Linux only (/proc).
+    """
+
+    def __init__(self, run_dir: Path, interval_s: float = 0.5):
+        self.run_dir = run_dir
+        self.interval_s = interval_s
+        self.seconds: dict[tuple[str, int], float] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="role-cpu", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.read()
+            self._stop.wait(self.interval_s)
+
+    def read(self) -> None:
+        for role, pid in read_pids(self.run_dir).items():
+            try:
+                self.seconds[role, pid] = cpu_seconds(pid)
+            except (FileNotFoundError, ProcessLookupError):
+                pass  # exited (or not started yet): its last reading stands
+
+    def stop(self) -> dict[str, float]:
+        self._stop.set()
+        self._thread.join()
+        totals: dict[str, float] = {}
+        for (role, _), seconds in self.seconds.items():
+            totals[role] = totals.get(role, 0.0) + seconds
+        return totals
+
+
 def distributed(cfg, checkpoint, dataset_path, run_dir: Path, run=run_local) -> dict:
     """A fine-tuning run through `run` (`launch.local.run_local`: every role a process;
-    `run_inline`: every role a thread of this process)."""
+    `run_inline`: every role a thread of this process). `role_cpu_seconds`: CPU time
+    of each role process (`RoleCpu`; empty for `run_inline`)."""
     save_config(run_dir, cfg)
+    role_cpu = RoleCpu(run_dir)
     start = time.perf_counter()
-    summary = run(cfg, checkpoint, run_dir, dataset_path=dataset_path, status=False)
+    try:
+        summary = run(cfg, checkpoint, run_dir, dataset_path=dataset_path, status=False)
+    finally:
+        role_seconds = role_cpu.stop()
     seconds = time.perf_counter() - start
     learner_scalars = read_scalars(run_dir / "learner")
     rate = learner_scalars.get("throughput/run_updates_per_s")
@@ -153,7 +200,8 @@ def distributed(cfg, checkpoint, dataset_path, run_dir: Path, run=run_local) -> 
     return {"seconds": seconds, "env_steps": summary.env_steps, "updates": summary.updates,
             "learner_loop_seconds": loop_s,
             "sample_wait_fraction": wait[-1][1] if wait else None,
-            "eval_return": summary.final_return}
+            "eval_return": summary.final_return,
+            "role_cpu_seconds": {role: round(s, 2) for role, s in sorted(role_seconds.items())}}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -268,3 +268,12 @@ def rss_mib(pid: int | str = "self") -> float:
     """Resident memory of process `pid` (default: this one) now, MiB (Linux /proc)."""
     pages = int(Path(f"/proc/{pid}/statm").read_text().split()[1])
     return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def cpu_seconds(pid: int | str = "self") -> float:
+    """CPU time process `pid` (default: this one) has used so far, user plus system,
+    over all its threads, in seconds (Linux /proc; clock-tick resolution)."""
+    # The command name, in parentheses, may hold spaces: fields are counted after it.
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    utime, stime = int(fields[11]), int(fields[12])  # fields 14 and 15 of proc(5)
+    return (utime + stime) / os.sysconf("SC_CLK_TCK")

@@ -13,11 +13,15 @@ from replay import _reverb  # noqa: F401  (reverb/TF before torch)
 
 # isort: on
 import json
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
 
 from bench import actor as bench_actor
+from bench import e2e as bench_e2e
 from bench import learner as bench_learner
 from bench import memory as bench_memory
 from bench import multigame_actor as bench_multigame_actor
@@ -142,6 +146,47 @@ def test_bench_memory_growth_is_the_slope_after_the_warm_up():
     assert out["learner"]["peak_rss_mib"] == pytest.approx(300.0 + 200.0 + 2.0 * 590 / 60, abs=0.1)
     assert out["replay"]["growth_mib_per_min"] == pytest.approx(0.0, abs=1e-9)
     assert out["replay"]["samples"] == 60
+
+
+BUSY = """
+import sys, time
+while time.process_time() < 0.5:
+    pass
+sys.stdin.read()
+"""
+
+
+def _busy_role(tmp_path, role: str) -> subprocess.Popen:
+    """A process that spends 0.5 s of CPU, then waits for its stdin to close; listed
+    as `role` in tmp_path/processes.json, as the launcher lists its roles."""
+    proc = subprocess.Popen([sys.executable, "-c", BUSY], stdin=subprocess.PIPE)
+    (tmp_path / "processes.json").write_text(json.dumps(
+        {role: {"pid": proc.pid, "restarts": 0, "exit_codes": []}}))
+    return proc
+
+
+def _wait_for(condition, what: str, timeout_s: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def test_bench_e2e_role_cpu_sums_the_processes_a_role_had(tmp_path):
+    """RoleCpu reads each listed process's CPU time from /proc while it runs, keeps the
+    last reading of one that exited, and sums over the pids of a restarted role."""
+    cpu = bench_e2e.RoleCpu(tmp_path, interval_s=0.05)
+    try:
+        for _ in range(2):  # the role, then its restart under a new pid
+            proc = _busy_role(tmp_path, "actor_0")
+            # /proc counts in clock ticks, so 0.5 s may read a tick short.
+            _wait_for(lambda pid=proc.pid: cpu.seconds.get(("actor_0", pid), 0.0) >= 0.45,
+                      "RoleCpu to read the role's 0.5 CPU seconds")
+            proc.communicate(b"")
+    finally:
+        totals = cpu.stop()
+    assert set(totals) == {"actor_0"}
+    assert 0.9 <= totals["actor_0"] < 5.0
 
 
 def test_auto_compute_picks_bf16_on_cpu_only_with_native_bf16_and_a_wide_model(tmp_path):
