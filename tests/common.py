@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
+
+import pytest
 
 from launch.presets import FinetuneConfig, PretrainConfig, get_preset
 
@@ -27,3 +31,12 @@ def tiny_config(**finetune):
                                    "checkpoint_every": 50, "eval_every_env_steps": 150,
                                    **finetune}),
     )
+
+
+def wait_until(condition: Callable[[], bool], timeout_s: float = 60.0, what: str = "") -> None:
+    """Poll `condition` until it holds; fail the test after timeout_s."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout_s:g} s waiting for {what or condition}")
+        time.sleep(0.005)

@@ -15,10 +15,10 @@ from replay import _reverb  # noqa: F401  (reverb/TF before torch)
 import json
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
+from common import wait_until
 
 from bench import actor as bench_actor
 from bench import e2e as bench_e2e
@@ -165,13 +165,6 @@ def _busy_role(tmp_path, role: str) -> subprocess.Popen:
     return proc
 
 
-def _wait_for(condition, what: str, timeout_s: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
-
-
 def test_bench_e2e_role_cpu_sums_the_processes_a_role_had(tmp_path):
     """RoleCpu reads each listed process's CPU time from /proc while it runs, keeps the
     last reading of one that exited, and sums over the pids of a restarted role."""
@@ -180,8 +173,8 @@ def test_bench_e2e_role_cpu_sums_the_processes_a_role_had(tmp_path):
         for _ in range(2):  # the role, then its restart under a new pid
             proc = _busy_role(tmp_path, "actor_0")
             # /proc counts in clock ticks, so 0.5 s may read a tick short.
-            _wait_for(lambda pid=proc.pid: cpu.seconds.get(("actor_0", pid), 0.0) >= 0.45,
-                      "RoleCpu to read the role's 0.5 CPU seconds")
+            wait_until(lambda pid=proc.pid: cpu.seconds.get(("actor_0", pid), 0.0) >= 0.45,
+                       timeout_s=120.0, what="RoleCpu to read the role's 0.5 CPU seconds")
             proc.communicate(b"")
     finally:
         totals = cpu.stop()

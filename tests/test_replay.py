@@ -16,6 +16,7 @@ from typing import ClassVar
 import numpy as np
 import portpicker
 import pytest
+from common import wait_until
 
 from replay import _reverb
 from replay._reverb import reverb
@@ -48,15 +49,6 @@ from replay.windows import (
 from replay.writer import EpisodeWriter
 
 OBS, ACT = (3,), (2,)
-
-
-def wait_until(condition: Callable[[], bool], timeout_s: float = 60.0, what: str = "") -> None:
-    """Poll `condition` until it holds; fail the test after timeout_s."""
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout_s:g} s waiting for {what or condition}")
-        time.sleep(0.005)
 
 
 def run_bounded(fn: Callable, *args, timeout_s: float = 60.0):
