@@ -182,6 +182,14 @@ def test_bench_e2e_role_cpu_sums_the_processes_a_role_had(tmp_path):
     assert 0.9 <= totals["actor_0"] < 5.0
 
 
+def test_bench_e2e_refuses_an_unknown_mode_before_any_work(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        bench_e2e.main(["--modes=inline,bogus", f"--out={tmp_path / 'out'}"])
+    assert exit_info.value.code == 2
+    assert "bogus" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
 def test_auto_compute_picks_bf16_on_cpu_only_with_native_bf16_and_a_wide_model(tmp_path):
     from learner.config import CPU_BF16_MIN_WIDTH, ComputeConfig
     from learner.device import cpu_has_native_bf16
